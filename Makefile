@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast apt bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip wheel setuptools
+	# torch + torchvision first and pinned: pip takes these from local disk here.
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[test]'
+	touch $(STAMP)
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo: install
+	$(VENV)/bin/sentistream run --source demo --output demo-events.jsonl --overlay demo-overlay.mp4
+
+test: install apt
+	$(VENV)/bin/python -m pytest -v -rs $(PYTEST_ARGS)
+
+test-fast: install apt
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/sentistream-bench --json docs/bench-cpu.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache demo-events.jsonl demo-overlay.mp4

@@ -1,0 +1,54 @@
+"""Name/path -> ready model: backbone + fusion (+ checkpoint), like open_clip's factory."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from stream.config import AppConfig
+
+from .backbone import ClipBackbone, create_backbone
+from .checkpoint import load_checkpoint
+from .fusion import ClipCaMsa
+from .prompts import LABELS, PROMPTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SentimentModel:
+    backbone: ClipBackbone
+    fusion: ClipCaMsa
+    weights: str  # "pretrained" | "random": what the CLIP backbone carries
+    checkpoint: Optional[str] = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+
+def prompt_embeddings(backbone: ClipBackbone) -> torch.Tensor:
+    """(3, d): the mean normalised CLIP text embedding of each class's prompts."""
+    rows = []
+    for label in LABELS:
+        emb = torch.nn.functional.normalize(backbone.encode_prompts(PROMPTS[label]), dim=-1)
+        rows.append(emb.mean(0))
+    return torch.stack(rows)
+
+
+def build_fusion(backbone: ClipBackbone, cfg: AppConfig) -> ClipCaMsa:
+    scale = float(backbone.clip.logit_scale.exp().item())
+    fusion = ClipCaMsa(backbone.embed_dim, cfg.model, prompt_embeddings(backbone).cpu(), scale)
+    return fusion.to(backbone.device).eval()
+
+
+def build_model(cfg: AppConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
+    backbone = backbone or create_backbone(cfg.vision)
+    fusion = build_fusion(backbone, cfg)
+    if cfg.model.checkpoint:
+        load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)
+        fusion.to(backbone.device)
+        log.info("loaded fusion checkpoint %s", cfg.model.checkpoint)
+    return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint)

