@@ -1,0 +1,52 @@
+"""What every stream of a process shares: the model engine, Whisper and its worker pool."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from models.factory import build_model
+
+from .asr import load_whisper
+from .config import AppConfig
+from .engine import ModelEngine
+from .stats import LatencyStats
+
+log = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = (
+    "CLIP weights are random (vision.pretrained=random): estimates carry no meaning; "
+    "use this for latency work and tests only"
+)
+
+
+@dataclass
+class Runtime:
+    cfg: AppConfig
+    engine: ModelEngine
+    whisper: Any = None  # faster_whisper.WhisperModel, or None when ASR is off
+    asr_executor: Optional[concurrent.futures.Executor] = None
+    stats: LatencyStats = field(default_factory=LatencyStats)
+
+    async def close(self) -> None:
+        await self.engine.close()
+        if self.asr_executor is not None:
+            self.asr_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True) -> Runtime:
+    """Loads CLIP (+ fusion checkpoint) and Whisper once; raises UserError on missing weights."""
+    stats = LatencyStats()
+    model = build_model(cfg)
+    engine = ModelEngine(model, cfg.engine, stats)
+    whisper, pool = None, None
+    if need_asr and cfg.asr.enabled:
+        whisper = load_whisper(cfg.asr)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
+    return Runtime(cfg, engine, whisper, pool, stats)
+
+
+async def build_runtime(cfg: AppConfig, need_asr: bool = True) -> Runtime:
+    return await asyncio.to_thread(build_runtime_blocking, cfg, need_asr)
