@@ -23,6 +23,8 @@ from stream.errors import UserError
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
     from faster_whisper import WhisperModel
+    from faster_whisper.transcribe import Segment
+    from faster_whisper.transcribe import Word as WhisperWord
 
 SAMPLE_RATE = 16000
 _PROMPT_CHARS = 200  # tail of committed text given to Whisper as context
@@ -136,6 +138,19 @@ def _agreed_prefix(a: list[Word], b: list[Word]) -> int:
     return n
 
 
+def _looks_hallucinated(segment: "Segment") -> bool:
+    # tiny models invent "Thank you." / "." after speech ends: likely silence, low confidence.
+    return segment.no_speech_prob > 0.5 and segment.avg_logprob < -0.8
+
+
+def _dubious_tail(word: "WhisperWord", audio_end: float) -> bool:
+    """A last word that is a guess: near-zero confidence, or squeezed into the audio's last
+    instant (Whisper's continuation past the end of speech). A real word there is heard again
+    by the next pass; at a pause or the end it sits in the VAD padding, where speech is not."""
+    squeezed = word.end - word.start < 0.02 and word.start >= audio_end - 0.1
+    return word.probability < 0.1 or squeezed
+
+
 # --------------------------------------------------------------------------------- transcriber
 class StreamingTranscriber:
     """Incremental transcript of one stream. `feed` is cheap and thread-safe; `process`/`finish`
@@ -187,7 +202,10 @@ class StreamingTranscriber:
     # -- input ---------------------------------------------------------------------------------
     def feed(self, samples: np.ndarray) -> None:
         """Append float32 mono 16 kHz samples; media time continues from the previous feed."""
-        chunk = np.asarray(samples, dtype=np.float32).reshape(-1)
+        chunk = np.asarray(samples).reshape(-1)
+        if np.issubdtype(chunk.dtype, np.integer):  # PCM16 from a raw source: scale to [-1, 1]
+            chunk = chunk / np.float32(32768.0)
+        chunk = chunk.astype(np.float32, copy=False)
         if chunk.size:
             with self._lock:
                 self._pending.append(chunk)
@@ -294,15 +312,16 @@ class StreamingTranscriber:
             initial_prompt=self._prompt() or None,
             vad_filter=False,  # our VAD already gated this buffer
         )
-        words = [
-            Word(offset + w.start, offset + w.end, w.word.strip())
-            for seg in segments  # a generator: decoding happens here, inside the timing
-            for w in (seg.words or [])
-            if w.word.strip()
-        ]
+        segments = list(segments)  # a generator: decoding happens here, inside the timing
         self.transcribe_seconds += time.perf_counter() - began
         self.passes += 1
-        return words
+        while segments and _looks_hallucinated(segments[-1]):
+            segments.pop()
+        words = [w for seg in segments for w in (seg.words or []) if normalize(w.word)]
+        audio_end = audio.size / SAMPLE_RATE
+        while words and _dubious_tail(words[-1], audio_end):
+            words.pop()
+        return [Word(offset + w.start, offset + w.end, w.word.strip()) for w in words]
 
     def _prompt(self) -> str:
         # Only text whose audio has left the buffer: the rest will be heard again.

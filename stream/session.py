@@ -269,13 +269,28 @@ class StreamSession:
             k += 1
 
     async def _live_estimator(self) -> None:
+        """An estimate as soon as new frame features land (at most one per hop), else every hop."""
         hop = self.cfg.window.hop
         await self._wait_progress(lambda: self.clock > 0 or (self.video_done and self.audio_done))
-        next_tick = time.perf_counter() + hop
+        last = time.perf_counter() - hop
+        seen = self.frames_processed
         while not (self.video_done and self.audio_done):
-            await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
-            # Never catch up on missed hops: a late estimate of the past helps nobody live.
-            next_tick = max(next_tick + hop, time.perf_counter() + hop * 0.5)
+            deadline = last + hop
+            while self.frames_processed == seen and not (self.video_done and self.audio_done):
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._progress.clear()
+                try:
+                    await asyncio.wait_for(self._progress.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            # At most one estimate per hop (10 % slack for jitter); missed hops are not caught up.
+            wait_more = last + hop * 0.9 - time.perf_counter()
+            if wait_more > 0:
+                await asyncio.sleep(wait_more)
+            seen = self.frames_processed
+            last = time.perf_counter()
             await self._estimate(self.clock)
 
     async def run(self) -> dict:

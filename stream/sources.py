@@ -120,11 +120,12 @@ def media_t0(container: Any) -> Optional[float]:
     return float(start) / av.time_base
 
 
-def describe_open_error(spec: str, exc: BaseException, *, is_url: bool) -> str:
-    """One line for a failed `av.open` of `spec`, naming the source and what to do."""
+def describe_open_error(spec: str, exc: BaseException, *, is_url: bool, elapsed: float = 0.0) -> str:
+    """One line for a failed `av.open` of `spec` (that took `elapsed` s), naming the source and what to do."""
     msg = _one_line(exc).replace(f": '{spec}'", "")
     if is_url:
-        timed_out = isinstance(exc, (TimeoutError, av.error.TimeoutError)) or "timed out" in msg.lower()
+        # FFmpeg reports its own timeout as "Immediate exit requested" or "Invalid data": go by the clock.
+        timed_out = elapsed >= 0.9 * URL_TIMEOUT[0] or isinstance(exc, TimeoutError)
         what = f"did not answer within {URL_TIMEOUT[0]:.0f} s" if timed_out else "could not be opened"
         return f"{spec} {what} ({msg}); check the address and that the stream is running"
     return (f"{spec} is not a readable media file, or its header is corrupt or missing as in a truncated "
@@ -178,12 +179,12 @@ class AvSource(MediaSource):
                 kwargs["options"] = {"rtsp_transport": "tcp"}
         if self.is_device:
             kwargs["format"] = "v4l2"
+        started = time.monotonic()
         try:
             container = av.open(self.spec, **kwargs)
-        except UserError:
-            raise
         except Exception as exc:  # av.FFmpegError, OSError, ...: all mean "cannot open"
-            raise UserError(describe_open_error(self.spec, exc, is_url=self.scheme is not None)) from None
+            raise UserError(describe_open_error(self.spec, exc, is_url=self.scheme is not None,
+                                                elapsed=time.monotonic() - started)) from None
         try:
             self.info = self._probe(container)
         except BaseException:
@@ -198,10 +199,9 @@ class AvSource(MediaSource):
         if video is None and audio is None:
             raise UserError(f"{self.spec} has no video and no audio stream; pass a video or audio file")
         for st in (video, audio):
-            if st is not None and st.codec_context is None:
-                name = getattr(st.codec, "name", None) or "unknown"
-                raise UserError(f"{self.spec}: no decoder for codec '{name}' in this FFmpeg build; re-encode it, "
-                                f"e.g. ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
+            if st is not None and st.codec_context is None:  # PyAV's FFmpeg has no decoder for it
+                raise UserError(f"{self.spec}: its {st.type} codec is not supported (no decoder in PyAV's FFmpeg); "
+                                f"re-encode it, e.g. ffmpeg -i IN -c:v libx264 -c:a aac OUT.mp4")
         self._video, self._audio = video, audio
         self._t0 = media_t0(container)
         duration = None if self.live or container.duration is None else container.duration / av.time_base
@@ -346,30 +346,30 @@ class AvSource(MediaSource):
 class FrameSampler:
     """Keeps at most `fps` frames per media second, on a fixed grid so the rate does not drift.
 
-    The first frame is kept; each next one is kept once t reaches the next slot (last slot + 1/fps, with
-    10 % tolerance for jittery timestamps). After a gap, or if time goes backwards, the grid restarts
-    at the frame. `fps <= 0` or infinite keeps every frame.
+    The first frame is kept; each next one once t reaches the next slot (previous slot + 1/fps). A
+    frame a little early still counts (tolerance: 10 % of the period, but under half the source's
+    frame interval, so 30 -> 2 fps keeps exactly 2/s). After a gap, or if time goes backwards, the
+    grid restarts at the frame. `fps <= 0` or infinite keeps every frame.
     """
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
         self.period = 0.0 if fps <= 0 or math.isinf(fps) else 1.0 / fps
         self._next: Optional[float] = None
-        self._last: Optional[float] = None
+        self._prev: Optional[float] = None  # last frame seen, kept or not
 
     def keep(self, t: float) -> bool:
         if self.period == 0.0:
             return True
-        tol = 0.1 * self.period
-        if self._next is None or (self._last is not None and t < self._last):
+        prev, self._prev = self._prev, t
+        if self._next is None or (prev is not None and t < prev):
             self._next = t + self.period
-        elif t >= self._next - tol:
-            # Advance by one slot from the schedule (not from t) so rounding never accumulates.
-            self._next = self._next + self.period if t < self._next + self.period else t + self.period
-        else:
-            self._last = t
+            return True
+        tol = 0.1 * self.period if prev is None else min(0.1 * self.period, 0.5 * (t - prev))
+        if t < self._next - tol:
             return False
-        self._last = t
+        # Advance by one slot from the schedule (not from t) so rounding never accumulates.
+        self._next = self._next + self.period if t < self._next + self.period else t + self.period
         return True
 
 

@@ -1,0 +1,361 @@
+"""The overlay: the current estimate drawn onto the video, and an mp4 writer for it.
+
+Live, the pipeline feeds sentiment/transcript events into an `OverlayTracker` and draws its state on
+each frame; for files `render_overlay_file` does a second pass over the source at native rate, so
+the result plays smoothly whatever frame rate the analysis sampled at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Iterable, Optional
+
+import av
+import cv2
+import numpy as np
+
+from stream.errors import UserError
+from stream.sources import check_local_file, describe_open_error, media_t0
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# RGB colours (frames are RGB throughout the pipeline).
+_RED, _GREEN, _GREY, _WHITE = (230, 60, 50), (60, 200, 90), (170, 170, 170), (255, 255, 255)
+_ORANGE, _BLUE, _VIOLET = (255, 165, 0), (80, 160, 255), (200, 120, 255)
+_LABEL_COLOURS = {"positive": _GREEN, "negative": _RED, "neutral": _GREY}
+
+
+@dataclass
+class OverlayState:
+    label: Optional[str] = None
+    score: Optional[float] = None
+    probs: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # modality -> weight: "image", "text"
+    transcript: str = ""
+    weights_kind: str = "pretrained"  # "pretrained" | "random"
+
+
+def _text_size(text: str, scale: float, thick: int) -> tuple[int, int]:
+    (w, h), _ = cv2.getTextSize(text, _FONT, scale, thick)
+    return w, h
+
+
+def _put(img: np.ndarray, text: str, x: int, y: int, scale: float, colour: tuple, thick: int) -> None:
+    # A dark outline under the text keeps it legible where the panel is thin or the video is bright.
+    cv2.putText(img, text, (x, y), _FONT, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(img, text, (x, y), _FONT, scale, colour, thick, cv2.LINE_AA)
+
+
+def _darken(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, alpha: float = 0.6) -> None:
+    roi = img[y0:y1, x0:x1]
+    roi[:] = (roi.astype(np.float32) * (1.0 - alpha)).astype(np.uint8)
+
+
+def _fit_tail(text: str, width: int, scale: float, thick: int) -> str:
+    """The end of `text` (the newest words) that fits in `width` px, with "..." if cut."""
+    text = " ".join(text.split())
+    if _text_size(text, scale, thick)[0] <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # smallest cut whose tail fits
+        mid = (lo + hi) // 2
+        if _text_size("..." + text[mid:], scale, thick)[0] <= width:
+            hi = mid
+        else:
+            lo = mid + 1
+    return "..." + text[lo:]
+
+
+def _score_colour(score: float) -> tuple[int, int, int]:
+    s = (max(-1.0, min(1.0, score)) + 1.0) / 2.0
+    return tuple(int(r + (g - r) * s) for r, g in zip(_RED, _GREEN))  # type: ignore[return-value]
+
+
+def draw_overlay(image_rgb: np.ndarray, state: OverlayState) -> np.ndarray:
+    """A copy of `image_rgb` (HxWx3 uint8 RGB) with the estimate drawn on it; the input is untouched."""
+    img = np.ascontiguousarray(image_rgb, dtype=np.uint8).copy()
+    h, w = img.shape[:2]
+    scale = max(0.36, w / 800.0)  # 0.4 at 320 px wide, 0.8 at 640, 1.6 at 1280
+    thick = max(1, int(round(scale * 1.6)))
+    big_scale, big_thick = scale * 1.35, thick + (1 if scale >= 0.6 else 0)
+    small = scale * 0.85
+    _, th = _text_size("Ag", scale, thick)
+    _, big_h = _text_size("Ag", big_scale, big_thick)
+    pad = max(3, th // 2)
+
+    if state.label is None or state.score is None:
+        head, head_colour, head_scale, head_thick = "waiting for estimate...", _GREY, scale, thick
+    else:
+        head = f"{state.label.upper()} {state.score:+.2f}"
+        head_colour, head_scale, head_thick = _LABEL_COLOURS.get(state.label, _WHITE), big_scale, big_thick
+    probs = ""
+    if state.probs and h >= 200:  # a third text row only where there is room for it
+        probs = "  ".join(f"{k[:3]} {state.probs.get(k, 0.0):.2f}" for k in ("negative", "neutral", "positive"))
+    tag = "random weights" if state.weights_kind == "random" else ""
+    panel_w = min(w, max(int(w * 0.5), 150, _text_size(head, head_scale, head_thick)[0] + 3 * pad,
+                         _text_size(probs, small, thick)[0] + 3 * pad))
+    tag_w = _text_size(tag, small, thick)[0] if tag else 0
+    tag_in_panel = bool(tag) and w - panel_w < tag_w + 3 * pad  # no room at the top-right corner
+
+    # Rows of the top-left panel, top to bottom: label+score, score bar, [probs], weights, [tag].
+    bar_h = max(4, th)
+    rows = [big_h if head_scale == big_scale else th, bar_h] + ([th] if probs else []) + [th] + \
+        ([th] if tag_in_panel else [])
+    top_h = sum(rows) + pad * (len(rows) + 1)
+    _darken(img, 0, 0, panel_w, min(h, top_h))
+    x, y = pad + 1, pad + rows[0]
+    _put(img, head, x, y, head_scale, head_colour, head_thick)
+
+    # Score bar: -1 (red) ... 0 ... +1 (green), white marker at the score.
+    bx0, bx1 = x, panel_w - pad - 1
+    by0 = y + pad + pad // 2
+    by1 = by0 + bar_h
+    if by1 <= h and bx1 - bx0 > 4:
+        grad = np.array([_score_colour(v) for v in np.linspace(-1.0, 1.0, bx1 - bx0)], dtype=np.float32)
+        img[by0:by1, bx0:bx1] = (0.35 * img[by0:by1, bx0:bx1] + 0.65 * grad[None, :, :]).astype(np.uint8)
+        mid = (bx0 + bx1) // 2
+        cv2.line(img, (mid, by0), (mid, by1 - 1), (30, 30, 30), 1)
+        if state.score is not None:
+            mx = int(round(bx0 + (max(-1.0, min(1.0, state.score)) + 1.0) / 2.0 * (bx1 - bx0 - 1)))
+            m = max(1, thick)
+            cv2.rectangle(img, (mx - m - 1, by0 - 2), (mx + m + 1, by1 + 1), (0, 0, 0), -1)
+            cv2.rectangle(img, (mx - m, by0 - 1), (mx + m, by1), _WHITE, -1)
+    y = by1 + pad
+
+    if probs:
+        y += th
+        _put(img, probs, x, y, small, _WHITE, thick)
+        y += pad
+
+    # Modality weights: how much of the estimate rests on the picture vs the words.
+    y += th
+    half = (panel_w - 2 * pad) // 2
+    for i, (key, name, colour) in enumerate((("image", "img", _BLUE), ("text", "txt", _VIOLET))):
+        # "img [####    ] 0.65": name, gauge, value.
+        wx, wx1 = x + i * half, x + (i + 1) * half - 2 * pad
+        weight = state.weights.get(key)
+        value = f"{weight:.2f}" if weight is not None else "--"
+        _put(img, name, wx, y, scale, _WHITE, thick)
+        vx = wx1 - _text_size("0.00", scale, thick)[0]
+        _put(img, value, vx, y, scale, _WHITE, thick)
+        gx0, gx1 = wx + _text_size(name, scale, thick)[0] + pad, vx - pad
+        if gx1 - gx0 >= 6 and y <= h:
+            cv2.rectangle(img, (gx0, y - th), (gx1, y), (110, 110, 110), 1)
+            if weight:
+                fill = gx0 + int(round(max(0.0, min(1.0, weight)) * (gx1 - gx0)))
+                cv2.rectangle(img, (gx0, y - th), (fill, y), colour, -1)
+
+    if tag:
+        # Untrained weights must never be mistaken for a real estimate.
+        if tag_in_panel:
+            tx, ty = x, y + pad + th
+        else:
+            tx, ty = w - tag_w - 2 * pad, pad + th
+            cv2.rectangle(img, (tx - pad, 0), (w - 1, ty + pad), (90, 45, 0), -1)
+        _put(img, tag, tx, ty, small, _ORANGE, thick)
+
+    # Bottom strip: the newest words of the transcript.
+    if state.transcript.strip():
+        text = _fit_tail(state.transcript, w - 2 * pad, scale, thick)
+        _darken(img, 0, max(0, h - th - 2 * pad), w, h)
+        _put(img, text, pad, h - pad - 1, scale, _WHITE, thick)
+    return img
+
+
+class OverlayTracker:
+    """Folds the event stream into the `OverlayState` to draw at a given media time."""
+
+    def __init__(self, max_chars: int = 60) -> None:
+        self.max_chars = max_chars
+        self.sentiment: Optional[dict[str, Any]] = None
+        self._finals: list[str] = []
+        self._final_end = float("-inf")
+        self._partial: Optional[dict[str, Any]] = None
+
+    def feed(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "sentiment":
+            self.sentiment = event
+        elif kind == "transcript" and str(event.get("text", "")).strip():
+            if event.get("final"):
+                self._finals.append(str(event["text"]).strip())
+                self._final_end = max(self._final_end, float(event.get("t_end", event.get("t", 0.0))))
+                self._partial = None
+            else:
+                self._partial = event
+
+    def transcript(self) -> str:
+        parts = list(self._finals[-8:])
+        # A partial is the not-yet-committed tail: shown only if it is newer than the committed text.
+        p = self._partial
+        if p is not None and float(p.get("t_start", p.get("t", 0.0))) >= self._final_end - 0.05:
+            parts.append(str(p["text"]).strip())
+        text = " ".join(parts)
+        if len(text) > self.max_chars:
+            text = text[-self.max_chars:]
+            text = text.split(" ", 1)[1] if " " in text[: self.max_chars // 3] else text
+        return text
+
+    def state(self) -> OverlayState:
+        ev = self.sentiment or {}
+        mods = ev.get("modalities") or {}
+        weights = {k: float(m["weight"]) for k, m in mods.items() if isinstance(m, dict) and m.get("weight") is not None}
+        return OverlayState(
+            label=ev.get("label"), score=ev.get("score"), probs=dict(ev.get("probs") or {}), weights=weights,
+            transcript=self.transcript(), weights_kind=str(ev.get("weights", "pretrained")))
+
+
+def _video_codec() -> str:
+    for name in ("libx264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise UserError("this FFmpeg build has neither libx264 nor mpeg4 encoders; cannot write the overlay video")
+
+
+class OverlayWriter:
+    """mp4 (H.264 yuv420p, or MPEG-4 part 2 without libx264) with optional AAC mono audio.
+
+    Odd frame sizes are cropped by one pixel (yuv420p needs even dimensions). Timestamps come from
+    media time `t`, so variable frame rates and gaps are kept as they were.
+    """
+
+    def __init__(self, path: str, width: int, height: int, fps: float, with_audio: bool,
+                 audio_rate: int = 48000) -> None:
+        self.path = str(path)
+        self.width, self.height = width - width % 2, height - height % 2
+        if self.width < 2 or self.height < 2:
+            raise UserError(f"cannot write {path}: frame size {width}x{height} is too small")
+        try:
+            self._out = av.open(self.path, mode="w")
+        except Exception as exc:
+            raise UserError(f"cannot write {path}: {' '.join(str(exc).split())}") from None
+        self._tb = Fraction(1, 1000)  # ms timestamps: any fps, variable rate
+        rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
+        self._v = self._out.add_stream(_video_codec(), rate=rate)
+        self._v.width, self._v.height, self._v.pix_fmt = self.width, self.height, "yuv420p"
+        self._v.time_base = self._tb
+        self._v.codec_context.time_base = self._tb
+        if self._v.codec_context.name == "libx264":
+            self._v.options = {"crf": "23", "preset": "veryfast"}
+        else:
+            self._v.bit_rate = 2_000_000
+        self._last_pts = -1
+        self.frames = 0
+        self._a = None
+        if with_audio:
+            self.audio_rate = int(audio_rate)
+            self._a = self._out.add_stream("aac", rate=self.audio_rate, layout="mono")
+            self._resampler: Optional[av.AudioResampler] = None
+            self._resampler_rate: Optional[int] = None
+            self._audio_pos = 0  # samples written so far at audio_rate
+        self._closed = False
+
+    def write_video(self, image_rgb: np.ndarray, t: float) -> None:
+        img = np.ascontiguousarray(image_rgb[: self.height, : self.width], dtype=np.uint8)
+        if img.shape[0] != self.height or img.shape[1] != self.width:
+            img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        pts = max(int(round(t / self._tb)), self._last_pts + 1)  # strictly increasing for the muxer
+        frame.pts, frame.time_base = pts, self._tb
+        self._last_pts = pts
+        self._out.mux(self._v.encode(frame))
+        self.frames += 1
+
+    def write_audio(self, samples_f32_mono: np.ndarray, t: float, rate: int) -> None:
+        if self._a is None:
+            return
+        data = np.ascontiguousarray(samples_f32_mono, dtype=np.float32).reshape(-1)
+        if rate != self.audio_rate:
+            if self._resampler is None or self._resampler_rate != rate:
+                self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.audio_rate)
+                self._resampler_rate = rate
+            src = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
+            src.sample_rate = rate
+            data = np.concatenate([f.to_ndarray().reshape(-1) for f in self._resampler.resample(src)] or
+                                  [np.zeros(0, np.float32)])
+        # Keep audio on the media clock: fill gaps with silence, drop what overlaps what was written.
+        start = int(round(t * self.audio_rate))
+        if start > self._audio_pos + self.audio_rate // 20:
+            data = np.concatenate([np.zeros(start - self._audio_pos, np.float32), data])
+        if data.size:
+            self._encode_audio(data)
+
+    def _encode_audio(self, data: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = self.audio_rate
+        frame.pts, frame.time_base = self._audio_pos, Fraction(1, self.audio_rate)
+        self._audio_pos += data.size
+        self._out.mux(self._a.encode(frame))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._out.mux(self._v.encode(None))
+            if self._a is not None:
+                self._out.mux(self._a.encode(None))
+        finally:
+            self._out.close()
+
+    def __enter__(self) -> "OverlayWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str) -> int:
+    """Second pass over a file: every frame at native rate with the estimate as of its time, plus the
+    original audio (mono AAC). Returns the number of frames written."""
+    evs = list(events)
+    # Sentiment counts from its `t`; transcript from its end, when its words had been heard.
+    timeline = sorted(
+        ((float(e.get("t_end", e.get("t", 0.0))) if e.get("type") == "transcript" else float(e.get("t", 0.0)), i, e)
+         for i, e in enumerate(evs) if e.get("type") in ("sentiment", "transcript")),
+        key=lambda x: (x[0], x[1]))
+    check_local_file(source_path)
+    try:
+        src = av.open(str(source_path))
+    except Exception as exc:
+        raise UserError(describe_open_error(str(source_path), exc, is_url=False)) from None
+    with src:
+        if not src.streams.video:
+            raise UserError(f"{source_path} has no video stream to draw the overlay on")
+        vs = src.streams.video[0]
+        aus = src.streams.audio[0] if src.streams.audio else None
+        rate = vs.average_rate or vs.guessed_rate or 30
+        t0 = media_t0(src)
+        a_rate = aus.codec_context.sample_rate if aus is not None else 48000
+        if a_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
+            a_rate = 48000
+        tracker, k = OverlayTracker(), 0
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=a_rate) if aus is not None else None
+        writer = OverlayWriter(out_path, vs.codec_context.width, vs.codec_context.height, float(rate),
+                               with_audio=aus is not None, audio_rate=a_rate)
+        a_pos: Optional[float] = None
+        try:
+            for packet in src.demux(*[s for s in (vs, aus) if s is not None]):
+                try:
+                    decoded = packet.decode()
+                except (av.FFmpegError, ValueError):
+                    continue  # damaged packet: keep what decodes, as the analysis pass did
+                for frame in decoded:
+                    ft = 0.0 if frame.time is None else max(0.0, frame.time - (t0 or 0.0))
+                    if packet.stream is vs:
+                        while k < len(timeline) and timeline[k][0] <= ft + 1e-6:
+                            tracker.feed(timeline[k][2])
+                            k += 1
+                        writer.write_video(draw_overlay(frame.to_ndarray(format="rgb24"), tracker.state()), ft)
+                    else:
+                        assert resampler is not None
+                        a_pos = ft if a_pos is None else a_pos
+                        for out in resampler.resample(frame):
+                            data = out.to_ndarray().reshape(-1)
+                            writer.write_audio(data, a_pos, a_rate)
+                            a_pos += data.size / a_rate
+        finally:
+            writer.close()
+    return writer.frames

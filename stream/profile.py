@@ -1,0 +1,387 @@
+"""`sentistream profile`: N concurrent streams of one source through the real pipeline.
+
+One Runtime (one engine, one Whisper) serves every stream, exactly as `run`/`serve` do; each stream
+gets its own source (its own decoder) and `StreamSession`. The report has per-stage latency
+percentiles, throughput, drops, memory and a per-minute p95 of frame_to_estimate (drift). Stdout
+carries only the table; everything else goes to stderr or to --json / --plot.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import json
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .config import AppConfig
+from .engine import ModelEngine
+from .errors import UserError
+from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime
+from .session import StreamSession
+from .sources import MediaItem, MediaSource, VideoFrame, open_source
+from .stats import LatencyStats
+
+STAGES = ("decode", "clip_image", "asr", "clip_text", "fusion", "frame_to_estimate", "transcript_lag")
+DRIFT_STAGE = "frame_to_estimate"
+MINUTE = 60.0
+
+
+class TimedStats(LatencyStats):
+    """LatencyStats that also remembers *when* each sample of `timed` stages landed (for drift)."""
+
+    def __init__(self, origin: float, timed: tuple[str, ...] = (DRIFT_STAGE,), capacity: int = 100_000):
+        super().__init__(capacity)
+        self.origin = origin
+        self.timed = timed
+        self.stamped: collections.deque[tuple[float, float]] = collections.deque(maxlen=capacity)
+
+    def add(self, stage: str, seconds: float) -> None:
+        super().add(stage, seconds)
+        if stage in self.timed:
+            self.stamped.append((time.perf_counter() - self.origin, seconds))
+
+
+class _PacingMeter(threading.Event):
+    """Drop-in for AvSource's stop event that sums the time spent sleeping to pace a file, so the
+    decode stage of a --realtime run excludes the deliberate waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = 0.0
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        started = time.perf_counter()
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waited += time.perf_counter() - started
+
+
+def _meter_pacing(source: MediaSource) -> Optional[_PacingMeter]:
+    # AvSource paces with `self._stop.wait(delay)`; swapping in a subclass before frames() starts is
+    # the only way to see those sleeps without changing sources.py. None: not an AvSource.
+    stop = getattr(source, "_stop", None)
+    if not isinstance(stop, threading.Event) or stop.is_set():
+        return None
+    meter = _PacingMeter()
+    source._stop = meter  # type: ignore[attr-defined]
+    return meter
+
+
+def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[float],
+                 meter: Optional[_PacingMeter] = None) -> Iterator[MediaItem]:
+    """source.frames(), recording "decode" per video frame and stopping after `duration` media s.
+
+    "decode" is the wall time spent inside the generator for the call that produced the frame
+    (demux + decode + RGB conversion), minus pacing sleeps. For files this is the decode cost; for
+    cameras/URLs it also includes waiting for the device/network, so read it as an upper bound.
+    """
+    frames = source.frames()
+    try:
+        while True:
+            waited = meter.waited if meter is not None else 0.0
+            started = time.perf_counter()
+            try:
+                item = next(frames)
+            except StopIteration:
+                return
+            if duration is not None and item.t >= duration:
+                return  # before recording: one decode sample per frame that entered the pipeline
+            if isinstance(item, VideoFrame):
+                paced = (meter.waited - waited) if meter is not None else 0.0
+                stats.add("decode", max(0.0, time.perf_counter() - started - paced))
+            yield item
+    finally:
+        frames.close()  # AvSource closes its container in the generator's finally
+
+
+async def _pump(source: MediaSource, session: StreamSession, pool: concurrent.futures.Executor,
+                duration: Optional[float], meter: Optional[_PacingMeter]) -> None:
+    """Like run_command.pump, on a dedicated thread per stream (the default executor has only
+    cpu_count + 4 threads: 64 streams would starve it)."""
+    loop = asyncio.get_running_loop()
+
+    def produce() -> None:
+        for item in timed_frames(source, session.stats, duration, meter):
+            asyncio.run_coroutine_threadsafe(session.push(item), loop).result()
+
+    try:
+        await loop.run_in_executor(pool, produce)
+    finally:
+        session.end_input()
+
+
+def private_runtime(cfg: AppConfig, need_asr: bool) -> Runtime:
+    """One-model-per-stream baseline for benchmarks: its own CLIP, engine thread and Whisper."""
+    from models.factory import build_model
+
+    from .asr import _build_model  # bypasses load_whisper's process-wide cache on purpose
+
+    stats = LatencyStats()
+    engine = ModelEngine(build_model(cfg), cfg.engine, stats)
+    whisper, pool = None, None
+    if need_asr and cfg.asr.enabled:
+        whisper = _build_model(cfg.asr)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
+    return Runtime(cfg, engine, whisper, pool, stats)
+
+
+@dataclass
+class ProfileResult:
+    report: dict[str, Any]
+    stats: LatencyStats  # every sample of every stream (plots)
+    runtimes: list[Runtime] = field(default_factory=list)  # closed; batch counters stay readable
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: bool = False,
+                      duration: Optional[float] = None, shared: bool = True,
+                      on_event: Optional[Callable[[dict], None]] = None) -> ProfileResult:
+    """Runs `streams` copies of `spec` concurrently; `shared=False` is the one-model-per-stream baseline."""
+    if streams < 1:
+        raise UserError(f"--streams must be at least 1, got {streams}")
+    if duration is not None and duration <= 0:
+        raise UserError(f"--duration must be positive seconds of media, got {duration}")
+    if streams > 1 and spec.strip().isdigit():
+        raise UserError("--streams > 1 needs a file or URL source (a camera can be opened only once)")
+    sources = [open_source(spec, realtime=realtime) for _ in range(streams)]
+    runtimes: list[Runtime] = []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=streams, thread_name_prefix="sentistream-decode")
+    errors: list[str] = []
+    try:
+        infos = [s.open() for s in sources]  # bad input fails here, before any model is loaded
+        info = infos[0]
+        if shared:
+            runtimes.append(await build_runtime(cfg, need_asr=info.has_audio))
+        else:
+            for _ in range(streams):
+                runtimes.append(await asyncio.to_thread(private_runtime, cfg, info.has_audio))
+        if runtimes[0].engine.weights == "random":
+            _warn(RANDOM_WEIGHTS_WARNING)
+        if not info.has_audio:
+            _warn(f"{info.description} has no audio track: no asr / transcript_lag samples")
+        meters = [_meter_pacing(s) for s in sources]
+        if realtime and any(m is None for m in meters):
+            _warn("cannot separate pacing sleeps from decoding for this source: 'decode' includes them")
+        origin = time.perf_counter()
+        emit = on_event or (lambda event: None)
+        sessions = [StreamSession(str(i), runtimes[i if not shared else 0], emit, live=info.live,
+                                  has_video=info.has_video, has_audio=info.has_audio) for i in range(streams)]
+        for s in sessions:
+            s.stats = TimedStats(origin)
+        runners = [asyncio.create_task(s.run(), name=f"profile-{s.name}") for s in sessions]
+        pumps = [_pump(src, s, pool, duration, m) for src, s, m in zip(sources, sessions, meters)]
+        try:
+            for i, res in enumerate(await asyncio.gather(*pumps, return_exceptions=True)):
+                if isinstance(res, UserError):  # e.g. a truncated file: keep what was analysed
+                    errors.append(f"stream {i}: {res}")
+                    print(f"error: stream {i}: {res}", file=sys.stderr)
+                elif isinstance(res, BaseException):
+                    raise res
+            summaries = await asyncio.gather(*runners)
+        except BaseException:
+            for r in runners:
+                r.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+            raise
+        wall = time.perf_counter() - origin
+    finally:
+        for s in sources:
+            s.close()
+        for rt in runtimes:
+            await rt.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+    stats = LatencyStats()
+    for rt in runtimes:  # sessions merged their own stats into their runtime's at the end
+        stats.merge(rt.stats)
+    report = build_report(cfg, spec, realtime, duration, shared, sessions, summaries, runtimes, stats, wall)
+    report["errors"] = errors
+    return ProfileResult(report, stats, runtimes)
+
+
+# ---------------------------------------------------------------------------------------- report
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()} ({os.cpu_count()} logical CPUs)"
+
+
+def peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB (macOS in bytes; this project targets Linux).
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
+def gpu_peak_mb(device: torch.device) -> Optional[float]:
+    # torch's allocator only: CTranslate2 (Whisper) allocations on the GPU are not included.
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def drift(sessions: list[StreamSession], wall: float) -> tuple[list[dict[str, Any]], Optional[float]]:
+    """Per wall-clock minute p95 of frame_to_estimate over all streams; ratio last/first full minute."""
+    buckets: dict[int, list[float]] = collections.defaultdict(list)
+    for s in sessions:
+        if isinstance(s.stats, TimedStats):
+            for at, seconds in s.stats.stamped:
+                buckets[int(at // MINUTE)].append(seconds * 1000.0)
+    rows = [{"minute": m + 1, "p95_ms": round(float(np.percentile(v, 95)), 2), "count": len(v),
+             "complete": (m + 1) * MINUTE <= wall} for m, v in sorted(buckets.items())]
+    full = [r for r in rows if r["complete"]]
+    ratio = round(full[-1]["p95_ms"] / full[0]["p95_ms"], 3) if len(full) >= 2 and full[0]["p95_ms"] > 0 else None
+    return rows, ratio
+
+
+def _batching(runtimes: list[Runtime]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("images", "fusion"):
+        sizes: collections.Counter[int] = collections.Counter()
+        batches = items = 0
+        for rt in runtimes:
+            b = getattr(rt.engine, name)
+            sizes.update(b.batch_sizes)
+            batches += b.batches
+            items += b.items
+        out["clip_image" if name == "images" else name] = {
+            "batches": batches, "items": items, "mean_batch": round(items / batches, 2) if batches else None,
+            "max_batch": max(sizes) if sizes else None, "sizes": {str(k): v for k, v in sorted(sizes.items())}}
+    return out
+
+
+def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[float], shared: bool,
+                 sessions: list[StreamSession], summaries: list[dict], runtimes: list[Runtime],
+                 stats: LatencyStats, wall: float) -> dict[str, Any]:
+    stages = stats.summary(STAGES)
+    stages.update(stats.summary([s for s in stats.stages() if s not in STAGES]))
+    media = [float(s["media_seconds"]) for s in summaries]
+    frames_processed = sum(int(s["frames_processed"]) for s in summaries)
+    device = runtimes[0].engine.model.device
+    drift_rows, drift_ratio = drift(sessions, wall)
+    per_stream = []
+    for sess, summ in zip(sessions, summaries):
+        f2e = sess.stats.summary([DRIFT_STAGE])[DRIFT_STAGE]
+        per_stream.append({k: summ[k] for k in ("stream", "frames_in", "frames_processed", "frames_dropped",
+                                                "frames_skipped", "media_seconds", "estimates", "transcripts")}
+                          | {"realtime_factor": round(summ["media_seconds"] / wall, 3) if wall > 0 else None,
+                             "frame_to_estimate_p95_ms": f2e["p95_ms"]})
+    return {
+        "source": spec,
+        "streams": len(sessions),
+        "mode": "paced" if realtime else ("live" if sessions[0].live else "file"),
+        "engine": "shared" if shared else "per-stream",
+        "duration_limit_s": duration,
+        "stages": stages,
+        # Media seconds each stream advanced per wall second (mean over streams); >= 1 keeps up.
+        "realtime_factor": round(float(np.mean(media)) / wall, 3) if wall > 0 else None,
+        "aggregate_realtime_factor": round(sum(media) / wall, 3) if wall > 0 else None,
+        "frames_in": sum(int(s["frames_in"]) for s in summaries),
+        "frames_processed": frames_processed,
+        "frames_dropped": sum(int(s["frames_dropped"]) for s in summaries),
+        "frames_skipped": sum(int(s["frames_skipped"]) for s in summaries),
+        "frames_per_second": round(frames_processed / wall, 3) if wall > 0 else None,
+        "media_seconds": round(float(np.mean(media)), 3),
+        "wall_seconds": round(wall, 3),
+        "device": describe_device(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": peak_rss_mb(),
+        "gpu_peak_mb": gpu_peak_mb(device),
+        "drift": drift_rows,
+        "drift_ratio": drift_ratio,
+        "batching": _batching(runtimes),
+        "per_stream": per_stream,
+        "config": {"vision": f"{cfg.vision.model}/{cfg.vision.pretrained}", "vision_device": str(device),
+                   "precision": str(runtimes[0].engine.model.backbone.dtype).replace("torch.", ""),
+                   "sampler_fps": cfg.sampler.fps, "hop_s": cfg.window.hop, "max_batch": cfg.engine.max_batch,
+                   "max_wait_ms": cfg.engine.max_wait_ms, "asr": f"{cfg.asr.model}/{cfg.asr.compute_type}" if cfg.asr.enabled else None,
+                   "asr_workers": cfg.asr.workers},
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [f"{'stage':<18} {'count':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}"]
+    for stage, row in report["stages"].items():
+        lines.append(f"{stage:<18} {row['count']:>7} {cell(row['p50_ms']):>9} {cell(row['p95_ms']):>9} {cell(row['p99_ms']):>9}")
+    return "\n".join(lines)
+
+
+def plot_histograms(stats: LatencyStats, path: str, title: str) -> None:
+    """One latency histogram per stage (ms) with p50/p95 marks; Agg via Figure, no pyplot state."""
+    from matplotlib.figure import Figure
+
+    stages = [s for s in (*STAGES, *[x for x in stats.stages() if x not in STAGES]) if stats.values(s)]
+    cols = 3
+    rows = max(1, math.ceil(len(stages) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
+    for i, stage in enumerate(stages):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        vals = np.asarray(stats.values(stage)) * 1000.0
+        ax.hist(vals, bins=min(50, max(5, vals.size // 4)), color="#4c72b0")
+        p50, p95 = np.percentile(vals, [50, 95])
+        ax.axvline(p50, color="black", lw=1, label=f"p50 {p50:.1f}")
+        ax.axvline(p95, color="#c44e52", lw=1, ls="--", label=f"p95 {p95:.1f}")
+        ax.set_title(f"{stage} (n={vals.size})", fontsize=9)
+        ax.set_xlabel("ms", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    if not stages:
+        fig.text(0.5, 0.5, "no samples", ha="center")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _summary_line(report: dict[str, Any]) -> str:
+    return (f"{report['streams']} stream(s), {report['mode']}, {report['engine']} engine on {report['device']}: "
+            f"realtime x{report['realtime_factor']}, frames in {report['frames_in']}, processed "
+            f"{report['frames_processed']}, dropped {report['frames_dropped']}, peak RSS {report['peak_rss_mb']} MB")
+
+
+def main(cfg: AppConfig, args: argparse.Namespace) -> int:
+    result = asyncio.run(run_profile(cfg, args.source, streams=args.streams, realtime=args.realtime,
+                                     duration=args.duration))
+    report = result.report
+    print(format_table(report), flush=True)
+    print(_summary_line(report), file=sys.stderr)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write the report to {args.json}: {exc.strerror}") from None
+    if args.plot:
+        title = f"{args.source}: {report['streams']} stream(s), {report['mode']}, {report['device']}"
+        try:
+            plot_histograms(result.stats, args.plot, title)
+        except OSError as exc:
+            raise UserError(f"cannot write the plot to {args.plot}: {exc.strerror}") from None
+    return 2 if report["errors"] else 0

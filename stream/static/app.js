@@ -1,0 +1,220 @@
+// sentistream page: camera + mic -> WebRTC (non-trickle offer to POST /offer) -> overlay video back,
+// events over the "events" data channel -> estimate, weights, timeline, transcript. No external assets.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TIMELINE_SECONDS = 60;
+const MAX_POINTS = 2000;      // bounded memory however long the call runs
+const MAX_FINALS = 60;        // transcript segments kept on the page
+
+let pc = null;
+let stream = null;
+let points = [];              // {t, score, label}
+let finals = [];
+let finalEnd = -Infinity;
+let estimates = 0;
+
+// The token may be given as #token=T (not sent to servers or logs) or ?token=T.
+function token() {
+  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+  return fromHash || new URLSearchParams(location.search).get("token");
+}
+
+function setStatus(state, text) {
+  const el = $("status");
+  el.dataset.state = state;
+  el.textContent = text || state;
+}
+
+function showError(message) {
+  const el = $("error");
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+function notice(message, cls) {
+  const li = document.createElement("li");
+  li.textContent = message;
+  if (cls) li.className = cls;
+  const list = $("notices");
+  list.prepend(li);
+  while (list.children.length > 6) list.lastChild.remove();
+}
+
+function waitForIceGathering(conn) {
+  // Non-trickle: the offer carries every candidate, like aiortc's example server expects.
+  if (conn.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (conn.iceGatheringState === "complete") {
+        conn.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    conn.addEventListener("icegatheringstatechange", check);
+    setTimeout(resolve, 5000); // whatever was gathered by then
+  });
+}
+
+async function start() {
+  showError("");
+  const wantVideo = $("use-video").checked;
+  const wantAudio = $("use-audio").checked;
+  if (!wantVideo && !wantAudio) {
+    showError("Choose the camera, the microphone or both.");
+    return;
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showError("This page needs a secure origin (https:// or http://localhost) to use the camera.");
+    return;
+  }
+  $("start").disabled = true;
+  setStatus("connecting", "asking for camera/mic");
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: wantVideo ? { width: { ideal: 640 }, height: { ideal: 480 } } : false,
+      audio: wantAudio,
+    });
+    pc = new RTCPeerConnection({ iceServers: [] });
+    const channel = pc.createDataChannel("events");
+    channel.onmessage = (e) => {
+      try { onEvent(JSON.parse(e.data)); } catch (err) { console.error(err); }
+    };
+    pc.ontrack = (e) => {
+      if (e.track.kind !== "video") return;
+      $("video").srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
+      $("video-placeholder").hidden = true;
+    };
+    pc.onconnectionstatechange = () => {
+      const s = pc ? pc.connectionState : "closed";
+      setStatus(s === "connected" ? "connected" : s === "failed" ? "failed" : "connecting", s);
+      if (s === "failed") stop("connection failed");
+    };
+    for (const track of stream.getTracks()) pc.addTrack(track, stream);
+    if (!wantVideo) $("video-placeholder").textContent = "Microphone only: text-only estimates.";
+
+    setStatus("connecting", "connecting");
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc);
+    const headers = { "Content-Type": "application/json" };
+    const t = token();
+    if (t) headers["Authorization"] = "Bearer " + t;
+    const response = await fetch("offer", {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+    });
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(answer.error || `server answered ${response.status}`);
+    await pc.setRemoteDescription(answer);
+    $("stop").disabled = false;
+  } catch (err) {
+    stop();
+    setStatus("error", "error");
+    showError(err && err.message ? err.message : String(err));
+  }
+}
+
+function stop(reason) {
+  if (pc) { pc.close(); pc = null; }
+  if (stream) { stream.getTracks().forEach((t) => t.stop()); stream = null; }
+  $("video").srcObject = null;
+  $("video-placeholder").hidden = false;
+  $("start").disabled = false;
+  $("stop").disabled = true;
+  setStatus("idle", reason || "idle");
+}
+
+function fmt(x, digits) { return typeof x === "number" ? x.toFixed(digits) : "\u2013"; }
+function setBar(id, value) {
+  $(id).style.width = `${Math.round(Math.max(0, Math.min(1, value || 0)) * 100)}%`;
+  $(id + "-v").textContent = fmt(value, 2);
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case "sentiment": return onSentiment(ev);
+    case "transcript": return onTranscript(ev);
+    case "warning": return notice(ev.message);
+    case "error": return notice("error: " + ev.message);
+    case "summary": return notice(`session ended: ${ev.estimates} estimates, ${ev.frames_in} frames`, "info");
+  }
+}
+
+function onSentiment(ev) {
+  const label = $("label");
+  label.textContent = ev.label;
+  label.dataset.label = ev.label;
+  $("score").textContent = (ev.score >= 0 ? "+" : "") + fmt(ev.score, 2);
+  for (const k of ["negative", "neutral", "positive"]) setBar("prob-" + k, ev.probs ? ev.probs[k] : 0);
+  const mods = ev.modalities || {};
+  setBar("weight-image", mods.image ? mods.image.weight : 0);
+  setBar("weight-text", mods.text ? mods.text.weight : 0);
+  $("weights-kind").hidden = ev.weights !== "random";
+  $("latency").textContent = `${fmt(ev.latency_ms, 0)} ms`;
+  $("count").textContent = String(++estimates);
+  points.push({ t: ev.t, score: ev.score, label: ev.label });
+  if (points.length > MAX_POINTS) points = points.slice(-MAX_POINTS / 2);
+  drawTimeline();
+}
+
+function onTranscript(ev) {
+  const text = (ev.text || "").trim();
+  if (ev.final) {
+    if (text) finals.push(text);
+    if (finals.length > MAX_FINALS) finals = finals.slice(-MAX_FINALS);
+    finalEnd = Math.max(finalEnd, ev.t_end);
+    $("transcript-final").textContent = finals.join(" ");
+    $("transcript-partial").textContent = "";
+  } else if (ev.t_start >= finalEnd - 0.05) {
+    // A partial is the uncommitted tail: shown after the committed words, replaced by the next.
+    $("transcript-partial").textContent = (finals.length ? " " : "") + text;
+  }
+  const box = $("transcript");
+  box.scrollTop = box.scrollHeight;
+}
+
+const COLORS = { positive: "#3cc85a", negative: "#e63c32", neutral: "#aaaaaa" };
+
+function drawTimeline() {
+  const canvas = $("timeline");
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || canvas.width;
+  const h = canvas.clientHeight || canvas.height;
+  if (canvas.width !== Math.round(w * ratio)) { canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio); }
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const left = 28, right = w - 6, top = 8, bottom = h - 18;
+  const y = (s) => top + (1 - (s + 1) / 2) * (bottom - top);
+  const now = points.length ? points[points.length - 1].t : 0;
+  const t0 = Math.max(0, now - TIMELINE_SECONDS);
+  const x = (t) => left + ((t - t0) / TIMELINE_SECONDS) * (right - left);
+
+  // Background: positive half tinted green, negative half red; gridlines at +1, 0, -1.
+  g.fillStyle = "rgba(60,200,90,0.07)"; g.fillRect(left, top, right - left, y(0) - top);
+  g.fillStyle = "rgba(230,60,50,0.07)"; g.fillRect(left, y(0), right - left, bottom - y(0));
+  g.strokeStyle = "#2c323c"; g.lineWidth = 1; g.font = "11px system-ui, sans-serif"; g.fillStyle = "#8d94a1";
+  for (const s of [1, 0, -1]) {
+    g.beginPath(); g.moveTo(left, y(s)); g.lineTo(right, y(s)); g.stroke();
+    g.fillText(s > 0 ? "+1" : String(s), 4, y(s) + 4);
+  }
+  g.fillText(`${Math.round(t0)} s`, left, h - 4);
+  g.fillText(`${Math.round(Math.max(now, TIMELINE_SECONDS))} s`, right - 34, h - 4);
+
+  const visible = points.filter((p) => p.t >= t0);
+  if (!visible.length) return;
+  g.strokeStyle = "#e7e9ee"; g.lineWidth = 1.5; g.beginPath();
+  visible.forEach((p, i) => (i ? g.lineTo(x(p.t), y(p.score)) : g.moveTo(x(p.t), y(p.score))));
+  g.stroke();
+  for (const p of visible) {
+    g.fillStyle = COLORS[p.label] || "#aaaaaa";
+    g.beginPath(); g.arc(x(p.t), y(p.score), 2.5, 0, 2 * Math.PI); g.fill();
+  }
+}
+
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", () => stop());
+window.addEventListener("resize", drawTimeline);
+window.addEventListener("beforeunload", () => { if (pc) pc.close(); });
+drawTimeline();

@@ -1,0 +1,206 @@
+"""`sentistream run` end to end on generated media (espeak-ng + ffmpeg): the issue's acceptance."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import jiwer
+import pytest
+
+from tests.media import make_speech_clip, make_video, require_tools
+
+ROOT = Path(__file__).parent.parent
+TINY = str(ROOT / "configs" / "tiny-test.yaml")
+SENTENCES = [
+    "Good morning everyone and welcome to the weekly meeting.",
+    "I am really happy with the progress we made this week.",
+    "The new design looks beautiful and the customers love it.",
+    "Unfortunately the server crashed twice on Tuesday night.",
+    "That was a terrible experience for the support team.",
+    "We will move the database to a bigger machine next month.",
+    "Please send me your reports before Friday afternoon.",
+    "Thank you all for the wonderful work.",
+]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "stream.cli", "run", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def final_text(events: list[dict]) -> str:
+    return " ".join(e["text"] for e in events if e["type"] == "transcript" and e["final"])
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
+
+
+def check_sentiment_events(events: list[dict], duration: float, hop: float = 0.5) -> list[dict]:
+    sentiments = [e for e in events if e["type"] == "sentiment"]
+    assert abs(len(sentiments) - math.floor(duration / hop)) <= 1, (len(sentiments), duration)
+    times = [e["t"] for e in sentiments]
+    assert all(b - a == pytest.approx(hop, abs=1e-3) for a, b in zip(times, times[1:])), times[:10]
+    for e in sentiments:
+        assert set(e) >= {"type", "stream", "t", "label", "probs", "score", "modalities", "weights", "latency_ms"}
+        assert set(e["probs"]) == {"negative", "neutral", "positive"}
+        assert sum(e["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert e["label"] == max(e["probs"], key=e["probs"].get)
+        assert -1.0 <= e["score"] <= 1.0
+        assert e["score"] == pytest.approx(e["probs"]["positive"] - e["probs"]["negative"], abs=1e-4)
+        weights = [e["modalities"][m]["weight"] for m in ("image", "text")]
+        assert all(0.0 <= w <= 1.0 for w in weights)
+        assert sum(weights) == pytest.approx(1.0, abs=1e-4) or sum(weights) == 0.0
+        assert e["latency_ms"] >= 0
+    return sentiments
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict:
+    require_tools("espeak-ng", "ffmpeg")
+    d = tmp_path_factory.mktemp("run-media")
+    wav, timings = make_speech_clip(SENTENCES, pause_s=1.2, path=d / "speech.wav")
+    duration = timings[-1][2] + 1.2
+    return {
+        "wav": wav,
+        "duration": duration,
+        "mp4": make_video(d / "clip.mp4", duration, audio=wav),
+        "webm": make_video(d / "clip.webm", duration, audio=wav, codec="vp8"),
+        "silent_mp4": make_video(d / "silent.mp4", 6.0),
+        "dir": d,
+    }
+
+
+@pytest.mark.slow
+def test_default_config_clip_fast_accurate_and_one_estimate_per_hop(media, tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(media["mp4"]), "--set", "vision.pretrained=random", "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    events = read_events(out)
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    print("summary:", json.dumps(summary))
+    # Faster than the clip's duration on this machine; the summary says how fast.
+    assert summary["realtime_factor"] > 1.0, summary
+    assert summary["media_seconds"] == pytest.approx(media["duration"], abs=0.3)
+    assert summary["frames_dropped"] == 0  # files are not live: back-pressure, no drops
+    error = wer(" ".join(SENTENCES), final_text(events))
+    print(f"streaming WER {error:.3f}")
+    assert error <= 0.25, final_text(events)
+    sentiments = check_sentiment_events(events, media["duration"])
+    assert all(e["weights"] == "random" for e in sentiments)
+    assert any(e["type"] == "warning" and "random" in e["message"] for e in events)
+    # Once speech has been heard, the text modality carries weight.
+    assert any(e["modalities"]["text"]["weight"] > 0 and e["modalities"]["text"]["n"] > 0 for e in sentiments)
+    transcripts = [e for e in events if e["type"] == "transcript"]
+    assert transcripts and all(e["t_start"] <= e["t_end"] for e in transcripts)
+    assert any(not e["final"] for e in transcripts)
+
+
+@pytest.mark.slow
+def test_webm_vp8_opus_input(media, tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(media["webm"]), "--config", TINY, "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    events = read_events(out)
+    assert wer(" ".join(SENTENCES), final_text(events)) <= 0.25, final_text(events)
+    check_sentiment_events(events, media["duration"])
+
+
+def test_video_without_audio_gives_visual_only_estimates(media, tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(media["silent_mp4"]), "--config", TINY, "--output", str(out), "--show")
+    assert res.returncode == 0, res.stderr
+    assert "--show needs a display" in res.stderr  # says so plainly, keeps going
+    events = read_events(out)
+    sentiments = check_sentiment_events(events, 6.0)
+    assert all(e["modalities"]["text"]["weight"] == 0.0 for e in sentiments)
+    assert all(e["modalities"]["image"]["weight"] == pytest.approx(1.0) for e in sentiments)
+    assert any(e["type"] == "warning" and "no audio" in e["message"] for e in events)
+    assert not any(e["type"] == "transcript" for e in events)
+
+
+def test_audio_only_file_gives_text_only_estimates(media, tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(media["wav"]), "--config", TINY, "--output", str(out))
+    assert res.returncode == 0, res.stderr
+    events = read_events(out)
+    sentiments = check_sentiment_events(events, media["duration"])
+    assert all(e["modalities"]["image"]["weight"] == 0.0 and e["modalities"]["image"]["n"] == 0 for e in sentiments)
+    spoken = [e for e in sentiments if e["modalities"]["text"]["n"] > 0]
+    assert spoken and all(e["modalities"]["text"]["weight"] == pytest.approx(1.0) for e in spoken)
+    # Before the first word is heard there is nothing to go on: uniform, both weights 0.
+    silent = [e for e in sentiments if e["modalities"]["text"]["n"] == 0]
+    assert all(e["probs"]["neutral"] == pytest.approx(1 / 3, abs=1e-5) for e in silent)
+    assert wer(" ".join(SENTENCES), final_text(events)) <= 0.25
+
+
+def test_overlay_video_has_estimate_drawn_and_original_audio(media, tmp_path):
+    out, overlay = tmp_path / "events.jsonl", tmp_path / "overlay.mp4"
+    clip = make_video(tmp_path / "short.mp4", 5.0, audio=media["wav"], pattern="color=c=gray")
+    res = run_cli("--source", str(clip), "--config", TINY, "--output", str(out), "--overlay", str(overlay))
+    assert res.returncode == 0, res.stderr
+    with av.open(str(overlay)) as c:
+        assert c.streams.video and c.streams.audio
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert abs(len(frames) - 75) <= 2
+    with av.open(str(clip)) as c:
+        original = next(iter(c.decode(video=0))).to_ndarray(format="rgb24")
+    # The last frame carries the drawn estimate: far from the flat grey input.
+    diff = abs(frames[-1].astype(int) - original.astype(int)).mean()
+    assert diff > 5.0, diff
+
+
+def _assert_clean_error(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not-media", "no-streams-url", "camera"])
+def test_bad_inputs_exit_2_with_one_line(case, tmp_path):
+    if case == "missing":
+        spec, needle = str(tmp_path / "nope.mp4"), "nope.mp4"
+    elif case == "empty":
+        (tmp_path / "empty.mp4").write_bytes(b"")
+        spec, needle = str(tmp_path / "empty.mp4"), "empty.mp4"
+    elif case == "not-media":
+        (tmp_path / "notes.mp4").write_text("these are meeting notes, not a video\n" * 50)
+        spec, needle = str(tmp_path / "notes.mp4"), "notes.mp4"
+    elif case == "no-streams-url":
+        spec, needle = "rtsp://127.0.0.1:9/stream", "rtsp://127.0.0.1:9/stream"
+    else:
+        spec, needle = "7", "camera 7"
+    res = run_cli("--source", spec, "--config", TINY, timeout=60)
+    _assert_clean_error(res, needle)
+    assert res.stdout == ""  # no half-written events
+
+
+def test_truncated_file_keeps_valid_events_and_fails_clearly(media, tmp_path):
+    broken = tmp_path / "truncated.mp4"
+    clip = make_video(tmp_path / "long.mp4", 8.0, audio=media["wav"])
+    # Index first (as streaming recorders write it), so decoding starts and then hits the cut.
+    faststart = tmp_path / "faststart.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart",
+                    str(faststart)], check=True)
+    data = faststart.read_bytes()
+    broken.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(broken), "--config", TINY, "--output", str(out))
+    _assert_clean_error(res, "truncated.mp4")
+    events = read_events(out)  # every line is valid JSON
+    assert events[-1]["type"] == "summary"

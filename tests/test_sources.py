@@ -1,0 +1,244 @@
+"""Media sources on real files made by ffmpeg: decoding, timing, errors, pacing, sampling, queues."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from stream.errors import UserError
+from stream.sources import AudioChunk, FrameSampler, LatestQueue, VideoFrame, open_source
+from tests.media import make_video, require_tools, write_wav
+
+SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    require_tools("ffmpeg")
+    d = tmp_path_factory.mktemp("sources")
+    t = np.arange(int(SECONDS * 44100)) / 44100
+    wav = write_wav(d / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 44100)
+    files = {
+        "mp4": make_video(d / "av.mp4", SECONDS, size=(160, 120), fps=15, audio=wav, codec="h264"),
+        "webm": make_video(d / "av.webm", SECONDS, size=(160, 120), fps=15, audio=wav, codec="vp8"),
+        "video_only": make_video(d / "v.mp4", SECONDS, size=(160, 120), fps=15, codec="h264"),
+    }
+    files["audio_only"] = d / "a.m4a"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(wav), "-c:a", "aac",
+                    str(files["audio_only"])], check=True)
+    # Truncated recordings: moov atom at the end (ffmpeg's default) and at the front (faststart).
+    data = files["mp4"].read_bytes()
+    (d / "trunc.mp4").write_bytes(data[: int(len(data) * 0.3)])
+    files["trunc"] = d / "trunc.mp4"
+    faststart = d / "fs.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(files["mp4"]), "-c", "copy",
+                    "-movflags", "+faststart", str(faststart)], check=True)
+    data = faststart.read_bytes()
+    (d / "trunc_fs.mp4").write_bytes(data[: int(len(data) * 0.3)])
+    files["trunc_fs"] = d / "trunc_fs.mp4"
+    (d / "empty.mp4").write_bytes(b"")
+    files["empty"] = d / "empty.mp4"
+    (d / "text.mp4").write_text("this is not a video\n" * 50)
+    files["text"] = d / "text.mp4"
+    files["missing"] = d / "does-not-exist.mp4"
+    (d / "subs.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    files["no_streams"] = d / "subs.mkv"  # a subtitle track only: no audio, no video
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(d / "subs.srt"), "-c:s", "srt",
+                    str(files["no_streams"])], check=True)
+    return files
+
+
+def drain(spec: str, **kw) -> tuple[list[VideoFrame], list[AudioChunk]]:
+    src = open_source(spec, **kw)
+    try:
+        src.open()
+        items = list(src.frames())
+    finally:
+        src.close()
+    return [i for i in items if isinstance(i, VideoFrame)], [i for i in items if isinstance(i, AudioChunk)]
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_audio_and_video_decode(media, kind):
+    src = open_source(str(media[kind]))
+    info = src.open()
+    assert info.has_video and info.has_audio and not info.live
+    assert (info.width, info.height) == (160, 120) and info.fps == pytest.approx(15, rel=0.01)
+    assert info.duration == pytest.approx(SECONDS, rel=0.05)
+    items = list(src.frames())
+    src.close()
+    src.close()  # idempotent
+    video = [i for i in items if isinstance(i, VideoFrame)]
+    audio = [i for i in items if isinstance(i, AudioChunk)]
+    assert abs(len(video) - SECONDS * 15) <= 1
+    assert all(v.image.shape == (120, 160, 3) and v.image.dtype == np.uint8 for v in video)
+    vt = [v.t for v in video]
+    assert vt[0] == pytest.approx(0, abs=0.05) and all(b > a for a, b in zip(vt, vt[1:]))
+    at = [a.t for a in audio]
+    assert at[0] == pytest.approx(0, abs=0.05) and all(b >= a for a, b in zip(at, at[1:]))
+    assert all(a.samples.dtype == np.float32 and a.samples.ndim == 1 for a in audio)
+    total = sum(a.samples.size for a in audio) / 16000
+    assert total == pytest.approx(SECONDS, rel=0.05)
+    # Contiguous audio timestamps: each chunk starts where the previous ended.
+    for a, b in zip(audio, audio[1:]):
+        assert b.t == pytest.approx(a.t + a.samples.size / 16000, abs=0.01)
+    # Media-time order (demuxers interleave within a fraction of a second).
+    t_max = 0.0
+    for item in items:
+        assert item.t >= t_max - 0.5
+        t_max = max(t_max, item.t)
+    # 440 Hz tone at 16 kHz: resampled, not garbled.
+    x = np.concatenate([a.samples for a in audio])[4000:20000]
+    assert 0.15 < np.sqrt(np.mean(x**2)) < 0.3
+    peak = np.argmax(np.abs(np.fft.rfft(x)))
+    assert peak * 16000 / x.size == pytest.approx(440, abs=5)
+
+
+def test_video_only_and_audio_only(media):
+    video, audio = drain(str(media["video_only"]))
+    assert len(video) >= 29 and not audio
+    video, audio = drain(str(media["audio_only"]))
+    assert not video and sum(a.samples.size for a in audio) / 16000 == pytest.approx(SECONDS, rel=0.05)
+    info = open_source(str(media["audio_only"])).open()
+    assert info.has_audio and not info.has_video and info.fps is None and info.width is None
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "trunc", "trunc_fs", "no_streams"])
+def test_bad_files_raise_user_error(media, kind):
+    spec = str(media[kind])
+    with pytest.raises(UserError) as err:
+        drain(spec)
+    msg = str(err.value)
+    assert spec in msg and "\n" not in msg
+
+
+def test_unsupported_codec(tmp_path):
+    # codec2 speech: Debian's ffmpeg encodes it, PyAV's bundled FFmpeg has no decoder for it.
+    path = tmp_path / "speech.c2"
+    proc = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                           "sine=d=1:sample_rate=8000", "-c:a", "libcodec2", "-mode", "3200", str(path)])
+    if proc.returncode != 0:
+        pytest.skip("this ffmpeg cannot encode codec2")
+    try:
+        av.codec.Codec("codec2", "r")
+        pytest.skip("PyAV can decode codec2 here")
+    except Exception:
+        pass
+    with pytest.raises(UserError, match="codec is not supported") as err:
+        drain(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_truncated_keeps_what_decoded(media):
+    src = open_source(str(media["trunc_fs"]))
+    src.open()
+    got = []
+    with pytest.raises(UserError, match="truncated"):
+        for item in src.frames():
+            got.append(item)
+    assert got, "frames decoded before the cut must still be delivered"
+
+
+def test_url_refused_fails_fast():
+    spec = "rtsp://127.0.0.1:9/x"
+    t0 = time.monotonic()
+    with pytest.raises(UserError) as err:
+        open_source(spec).open()
+    assert spec in str(err.value) and time.monotonic() - t0 < 3
+
+
+def test_url_that_never_answers_times_out():
+    # A server that accepts the connection and then says nothing: must give up after ~5 s.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    spec = f"rtsp://127.0.0.1:{server.getsockname()[1]}/live"
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(UserError, match="did not answer") as err:
+            open_source(spec).open()
+    finally:
+        server.close()
+    assert spec in str(err.value) and time.monotonic() - t0 < 9
+
+
+def test_camera_unavailable():
+    with pytest.raises(UserError, match="camera 57 could not be opened"):
+        open_source("57").open()
+
+
+def test_demo_sample(tmp_path):
+    info = open_source("demo").open()
+    assert info.has_video and info.has_audio and 18 < (info.duration or 0) < 27
+    with pytest.raises(UserError, match="make_sample.py"):
+        open_source("demo", samples_dir=tmp_path)
+
+
+def test_realtime_paces_and_close_stops(media):
+    src = open_source(str(media["mp4"]), realtime=True)
+    assert src.open().live
+    t0 = time.perf_counter()
+    items = list(src.frames())
+    wall = time.perf_counter() - t0
+    assert wall >= 1.8 and wall < 4
+    # Items are stamped when they enter the pipeline: wall tracks media time.
+    last = items[-1]
+    assert last.wall - t0 == pytest.approx(last.t, abs=0.3)
+
+    src = open_source(str(media["mp4"]), realtime=True)
+    src.open()
+    got: list = []
+    worker = threading.Thread(target=lambda: got.extend(src.frames()))
+    worker.start()
+    time.sleep(0.3)
+    src.close()
+    worker.join(2)
+    assert not worker.is_alive() and 0 < len(got) < 60
+
+
+def test_frame_sampler_exact_counts():
+    s = FrameSampler(2)
+    assert sum(s.keep(k / 30) for k in range(300)) == 20  # 10 s of 30 fps
+    s = FrameSampler(15)
+    assert sum(s.keep(k / 15) for k in range(150)) == 150  # cap == source rate keeps all
+    s = FrameSampler(5)
+    assert sum(s.keep(k * 1001 / 30000) for k in range(1798)) in (300, 301)  # 60 s of 29.97 fps, no drift
+    rng = np.random.default_rng(0)  # jittery live timestamps still give the cap rate
+    s = FrameSampler(2)
+    assert sum(s.keep(k / 30 + rng.uniform(-0.01, 0.01)) for k in range(300)) in (19, 20, 21)
+    s = FrameSampler(0)
+    assert all(s.keep(k / 30) for k in range(10))
+    s = FrameSampler(1)  # after a gap the grid restarts at the next frame
+    assert [s.keep(t) for t in (0.0, 0.5, 1.0, 5.3, 5.8, 6.3)] == [True, False, True, True, False, True]
+
+
+async def test_latest_queue_drops_oldest():
+    q = LatestQueue(maxsize=2)
+    for i in range(5):
+        q.put_nowait(i)
+    assert q.dropped == 3 and q.qsize() == 2
+    assert [await q.get(), await q.get()] == [3, 4]
+
+    waiter = asyncio.create_task(q.get())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    q.put_nowait("x")
+    assert await asyncio.wait_for(waiter, 1) == "x"
+
+    q.put_nowait("last")
+    waiter = asyncio.create_task(q.get())
+    second = asyncio.create_task(q.get())
+    await asyncio.sleep(0.01)
+    q.close()
+    assert await asyncio.wait_for(waiter, 1) == "last"  # queued items are still delivered
+    assert await asyncio.wait_for(second, 1) is LatestQueue.CLOSED
+    assert await q.get() is LatestQueue.CLOSED
+    q.put_nowait("ignored")
+    assert q.qsize() == 0
