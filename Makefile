@@ -27,8 +27,20 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+DEMO_RUN := $(VENV)/bin/sentistream run --source demo --output demo-events.jsonl --overlay demo-overlay.mp4
+
+# `sentistream run` never falls back by itself; the demo does, loudly, when CLIP weights can't be had.
 demo: install
-	$(VENV)/bin/sentistream run --source demo --output demo-events.jsonl --overlay demo-overlay.mp4
+	@$(DEMO_RUN); rc=$$?; \
+	if [ $$rc -eq 3 ]; then \
+	  echo; echo "################################################################################"; \
+	  echo "#  NO PRETRAINED CLIP WEIGHTS (offline and not cached): running the demo with     #"; \
+	  echo "#  vision.pretrained=random. Transcripts, overlay and latencies are real; the     #"; \
+	  echo "#  sentiment estimates are NOT (every event says \"weights\": \"random\").           #"; \
+	  echo "################################################################################"; echo; \
+	  $(DEMO_RUN) --set vision.pretrained=random || exit $$?; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	echo "events: demo-events.jsonl   overlay video: demo-overlay.mp4"
 
 test: install apt
 	$(VENV)/bin/python -m pytest -v -rs $(PYTEST_ARGS)

@@ -84,9 +84,10 @@ def _create(cfg: VisionConfig, device: torch.device) -> tuple[torch.nn.Module, s
             return open_clip.create_model(f"local-dir:{local}", **kwargs), "pretrained"
         except Exception as exc:  # open_clip raises several types for bad dirs
             raise WeightsUnavailable(f"could not load CLIP weights from {local}: {str(exc).splitlines()[0]}") from None
-    if local.suffix in {".pt", ".pth", ".bin", ".safetensors"} or local.exists():
+    looks_like_path = any(c in pretrained for c in "/\\") or pretrained.startswith(("~", "."))
+    if local.suffix in {".pt", ".pth", ".bin", ".safetensors"} or local.exists() or looks_like_path:
         if not local.is_file():
-            raise WeightsUnavailable(f"CLIP weights file not found: {local}")
+            raise WeightsUnavailable(f"CLIP weights file or dir not found: {local}")
     elif cfg.model in open_clip.list_models() and pretrained not in open_clip.list_pretrained_tags_by_model(cfg.model):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.model)) or "none"
         raise UserError(f"unknown pretrained tag '{pretrained}' for {cfg.model} (known: {tags}; or a local file/dir, or 'random')")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from stream.config import AppConfig
 from stream.errors import UserError
 
+log = logging.getLogger(__name__)
 FORMAT = "sentistream-checkpoint/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -63,6 +65,13 @@ def load_checkpoint(ckpt_dir: str | Path, fusion: torch.nn.Module, cfg: AppConfi
             f"checkpoint {d} was trained on CLIP {backbone.get('model')} (dim {backbone.get('embed_dim')}) but the config "
             f"uses {cfg.vision.model} (dim {embed_dim}): use the training config (--config {d / CONFIG_FILE})"
         )
+    trained_on = backbone.get("pretrained")
+    if trained_on != cfg.vision.pretrained and "random" in (trained_on, cfg.vision.pretrained):
+        # Features of random and pretrained CLIP share nothing: such a fusion would be meaningless.
+        raise UserError(f"checkpoint {d} was trained on CLIP weights '{trained_on}' but the config uses "
+                        f"'{cfg.vision.pretrained}': --set vision.pretrained={trained_on}")
+    if trained_on != cfg.vision.pretrained:
+        log.warning("checkpoint %s was trained with CLIP weights %s, the config uses %s", d, trained_on, cfg.vision.pretrained)
     for key in ARCH_KEYS:
         want = meta.get("fusion", {}).get(key)
         have = getattr(cfg.model, key)

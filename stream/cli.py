@@ -15,6 +15,7 @@ from .config import AppConfig, ConfigError, default_config_path, load_config
 from .errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_NO_WEIGHTS = 3  # pretrained CLIP weights could not be had: `make demo` falls back loudly on this
 
 # command -> "module:function"; each function takes (cfg, args) and returns an exit code.
 COMMANDS: dict[str, str] = {
@@ -108,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(handler(cfg, args) or 0)
     except (ConfigError, UserError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_NO_WEIGHTS if type(exc).__name__ == "WeightsUnavailable" else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

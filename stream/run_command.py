@@ -26,6 +26,8 @@ class LiveOverlay:
         self.tracker = OverlayTracker()
         self.writer: Optional[OverlayWriter] = None
         self._lock = threading.Lock()
+        if path and info.width and info.height:  # open now so audio before the first frame is kept
+            self.writer = OverlayWriter(path, info.width, info.height, info.fps or 15.0, with_audio=info.has_audio)
 
     def on_event(self, event: dict) -> None:
         with self._lock:

@@ -1,0 +1,271 @@
+"""Frozen-backbone features for training: computed once per (backbone, data, sampling), cached on disk.
+
+The backbone is frozen, so every epoch would recompute identical CLIP features; caching them makes
+training a matter of seconds on a CPU. One safetensors file per data set holds, padded over samples:
+image features (N, Tv, d) + frame ages + mask, text token states (N, Tw, d) + mask + EOT index,
+and the zero-shot prompt embeddings / logit scale the fusion heads start from (so training and
+evaluation never need the backbone again once the cache exists).
+
+Video samples are framed like the live pipeline frames a stream: frames kept by the same
+`FrameSampler` at `sampler.fps`, then at most `train.frames_per_video` evenly spaced ones; a
+frame's age is its distance to the clip's end (the live window's end at that moment).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from tqdm import tqdm
+
+from stream.config import AppConfig
+from stream.errors import UserError
+from stream.sources import FrameSampler, media_t0
+
+from .backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
+from .data import Dataset, Sample
+from .factory import prompt_embeddings
+from .fusion import ClipCaMsa, FusionInputs
+from .prompts import label_index
+
+log = logging.getLogger(__name__)
+
+FORMAT = "sentistream-features/1"
+_IMAGE_BATCH = 64  # frames per CLIP image forward
+_TEXT_BATCH = 64
+
+
+@dataclass
+class FeatureSet:
+    """Cached features of a data set, in the data set's sample order, plus labels and splits."""
+
+    key: str
+    ids: list[str]
+    labels: torch.Tensor  # (N,) class index
+    splits: list[str]
+    image: torch.Tensor  # (N, Tv, d) fp16
+    image_mask: torch.Tensor  # (N, Tv) bool
+    image_age: torch.Tensor  # (N, Tv) seconds before the clip end
+    text: torch.Tensor  # (N, Tw, d) fp16
+    text_mask: torch.Tensor  # (N, Tw) bool (all False for an empty text)
+    text_pool: torch.Tensor  # (N,) EOT index
+    prompt_embeddings: torch.Tensor  # (3, d)
+    logit_scale: float
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.image.shape[-1])
+
+    def indices(self, split: str) -> torch.Tensor:
+        return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
+
+    def inputs(self, idx: torch.Tensor, device: torch.device) -> FusionInputs:
+        return FusionInputs(
+            image=self.image[idx].to(device, torch.float32),
+            image_mask=self.image_mask[idx].to(device),
+            image_age=self.image_age[idx].to(device),
+            text=self.text[idx].to(device, torch.float32),
+            text_mask=self.text_mask[idx].to(device),
+            text_pool=self.text_pool[idx].to(device),
+        )
+
+
+def make_fusion(cfg: AppConfig, features: FeatureSet) -> ClipCaMsa:
+    """The model `factory.build_fusion` builds, from the prompt embeddings cached with the features."""
+    return ClipCaMsa(features.embed_dim, cfg.model, features.prompt_embeddings, features.logit_scale)
+
+
+# ------------------------------------------------------------------------------------------- cache
+def cache_root() -> Path:
+    """$SENTISTREAM_CACHE/features, else $XDG_CACHE_HOME (or ~/.cache)/sentistream/features."""
+    if os.environ.get("SENTISTREAM_CACHE"):
+        return Path(os.environ["SENTISTREAM_CACHE"]).expanduser() / "features"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sentistream" / "features"
+
+
+def feature_key(cfg: AppConfig, dataset: Dataset, dtype: torch.dtype) -> str:
+    """Hash of what the features depend on: backbone (name, weights, arch, precision), sampling
+    parameters, and every sample's id, text and media file (path, size, mtime). Labels and splits
+    are left out on purpose: relabelling must not force a re-extraction."""
+    h = hashlib.sha256()
+    spec = {
+        "format": FORMAT,
+        "vision": {"model": cfg.vision.model, "pretrained": cfg.vision.pretrained, "arch": cfg.vision.arch, "dtype": str(dtype)},
+        "sampling": {"fps": cfg.sampler.fps, "frames_per_video": cfg.train.frames_per_video, "max_text_tokens": cfg.window.max_text_tokens},
+    }
+    h.update(json.dumps(spec, sort_keys=True).encode())
+    for s in dataset.samples:
+        media = s.media
+        stat = media.stat() if media is not None else None
+        row = [s.id, s.text, str(media), stat.st_size if stat else 0, stat.st_mtime_ns if stat else 0, "video" if s.video_path else "image"]
+        h.update(json.dumps(row).encode())
+    return h.hexdigest()[:24]
+
+
+def _load_cache(path: Path, dataset: Dataset, key: str) -> Optional[FeatureSet]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+        ids = json.loads(meta.get("ids", "[]"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        log.warning("feature cache %s unreadable (%s): recomputing", path, exc)
+        return None
+    if meta.get("format") != FORMAT or ids != [s.id for s in dataset.samples]:
+        log.warning("feature cache %s does not match the data: recomputing", path)
+        return None
+    return FeatureSet(
+        key=key,
+        ids=ids,
+        labels=torch.tensor([label_index(s.label) for s in dataset.samples], dtype=torch.long),
+        splits=[s.split for s in dataset.samples],
+        image=tensors["image"], image_mask=tensors["image_mask"], image_age=tensors["image_age"],
+        text=tensors["text"], text_mask=tensors["text_mask"], text_pool=tensors["text_pool"],
+        prompt_embeddings=tensors["prompt_embeddings"], logit_scale=float(tensors["logit_scale"].item()),
+    )
+
+
+# ------------------------------------------------------------------------------------------ frames
+def read_image(sample: Sample) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    path = sample.image_path
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))[None]
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"{sample.source}: cannot read image {path} ({' '.join(str(exc).split())[:120]})") from None
+
+
+def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (n, H, W, 3) uint8, ages (n,) s): the live sampler's frames, then <= max_frames evenly spaced."""
+    path = sample.video_path
+    sampler = FrameSampler(fps)
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    end = 0.0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UserError(f"{sample.source}: {path} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            t0 = media_t0(container) or 0.0
+            for frame in container.decode(stream):
+                t = max(0.0, (frame.time if frame.time is not None else end) - t0)
+                end = max(end, t)
+                if not sampler.keep(t):
+                    continue
+                frames.append(frame.to_ndarray(format="rgb24"))
+                times.append(t)
+                if len(frames) >= 4 * max_frames:  # long clip: thin out evenly to bound memory
+                    frames, times = frames[::2], times[::2]
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(f"{sample.source}: cannot decode video {path} ({' '.join(str(exc).split())[:120]})") from None
+    if not frames:
+        raise UserError(f"{sample.source}: video {path} has no decodable frames")
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
+    return np.stack([frames[i] for i in pick]), np.array([end - times[i] for i in pick], dtype=np.float32)
+
+
+def _sample_frames(sample: Sample, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
+    if sample.video_path is not None:
+        return read_video(sample, cfg.sampler.fps, cfg.train.frames_per_video)
+    if sample.image_path is not None:
+        return read_image(sample), np.zeros(1, dtype=np.float32)
+    return np.zeros((0, 1, 1, 3), dtype=np.uint8), np.zeros(0, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------- extract
+def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, progress: bool) -> dict[str, torch.Tensor]:
+    n, tv, d = len(dataset.samples), cfg.train.frames_per_video, backbone.embed_dim
+    image = torch.zeros(n, tv, d, dtype=torch.float16)
+    mask = torch.zeros(n, tv, dtype=torch.bool)
+    age = torch.zeros(n, tv, dtype=torch.float32)
+    pending: list[tuple[int, torch.Tensor]] = []  # (sample index, preprocessed frames)
+
+    def flush() -> None:
+        if not pending:
+            return
+        with torch.inference_mode():
+            emb = backbone.clip.encode_image(torch.cat([x for _, x in pending])).float().cpu()
+        row = 0
+        for i, x in pending:
+            image[i, : len(x)] = emb[row : row + len(x)].to(torch.float16)
+            row += len(x)
+        pending.clear()
+
+    for i, sample in enumerate(tqdm(dataset.samples, desc="CLIP image features", unit="sample", disable=not progress)):
+        frames, ages = _sample_frames(sample, cfg)
+        if len(frames) == 0:
+            continue
+        # The live pipeline's own preprocessing (resize + centre crop on tensors), per sample since sizes differ.
+        with torch.inference_mode():
+            pending.append((i, backbone.preprocess(torch.from_numpy(np.ascontiguousarray(frames)))))
+        mask[i, : len(frames)] = True
+        age[i, : len(frames)] = torch.from_numpy(ages)
+        if sum(len(x) for _, x in pending) >= _IMAGE_BATCH:
+            flush()
+    flush()
+    return {"image": image, "image_mask": mask, "image_age": age}
+
+
+def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, progress: bool) -> dict[str, torch.Tensor]:
+    texts = [s.text for s in dataset.samples]
+    tokens = backbone.tokenize(texts, cfg.window.max_text_tokens)
+    pool = (tokens == backbone.eot).int().argmax(dim=-1)
+    tw = int(pool.max()) + 1  # trim padding beyond the longest text: smaller cache, faster attention
+    states = torch.zeros(len(texts), tw, backbone.embed_dim, dtype=torch.float16)
+    mask = torch.zeros(len(texts), tw, dtype=torch.bool)
+    for start in tqdm(range(0, len(texts), _TEXT_BATCH), desc="CLIP text features", unit="batch", disable=not progress):
+        out = backbone.encode_text_tokens(tokens[start : start + _TEXT_BATCH])
+        states[start : start + len(out.states)] = out.states[:, :tw].cpu().to(torch.float16)
+        mask[start : start + len(out.states)] = out.mask[:, :tw].cpu()
+    # An empty text is a missing modality: masked out entirely, as the live pipeline does.
+    mask &= torch.tensor([bool(t.strip()) for t in texts]).unsqueeze(1)
+    return {"text": states, "text_mask": mask, "text_pool": pool.to(torch.int64)}
+
+
+def load_features(cfg: AppConfig, dataset: Dataset, *, backbone: Optional[ClipBackbone] = None, progress: bool = True) -> FeatureSet:
+    """Features of every sample: from the cache when it has them, else computed with the backbone
+    (created only on a cache miss, so cached runs never load CLIP weights) and cached."""
+    device = resolve_device(cfg.vision.device)
+    key = feature_key(cfg, dataset, resolve_dtype(cfg.vision.precision, device))
+    path = cache_root() / f"{key}.safetensors"
+    if path.is_file():
+        cached = _load_cache(path, dataset, key)
+        if cached is not None:
+            log.info("features from cache %s", path)
+            return cached
+    backbone = backbone or create_backbone(cfg.vision)
+    tensors = {**_encode_images(backbone, dataset, cfg, progress), **_encode_texts(backbone, dataset, cfg, progress)}
+    tensors["prompt_embeddings"] = prompt_embeddings(backbone).float().cpu()
+    tensors["logit_scale"] = backbone.clip.logit_scale.exp().detach().float().cpu().reshape(1)
+    meta = {"format": FORMAT, "ids": json.dumps([s.id for s in dataset.samples]), "data": str(dataset.path)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        tmp.replace(path)  # atomic: an interrupted run never leaves a half-written cache behind
+        log.info("features cached in %s", path)
+    except OSError as exc:
+        log.warning("could not write feature cache %s (%s); continuing without it", path, exc)
+    return FeatureSet(
+        key=key,
+        ids=[s.id for s in dataset.samples],
+        labels=torch.tensor([label_index(s.label) for s in dataset.samples], dtype=torch.long),
+        splits=[s.split for s in dataset.samples],
+        prompt_embeddings=tensors.pop("prompt_embeddings"),
+        logit_scale=float(tensors.pop("logit_scale").item()),
+        **tensors,
+    )
