@@ -46,12 +46,16 @@ def _resolve_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
-    if path.exists() or any(sep in name for sep in ("/", "\\")) or name.startswith(("~", ".")):
-        raise UserError(
-            f"ASR model directory not found: {name} (pass a local CTranslate2 model directory "
-            "with --set asr.model=/path or use --set asr.model=bundled)"
-        )
-    return name  # a faster-whisper model name: downloaded (or found in the HF cache)
+    if path.exists() or path.is_absolute() or name.startswith(("~", ".")):
+        raise UserError(_load_failed(name, "not a directory" if path.exists() else "no such directory"))
+    return name  # a model name or "owner/repo" id: downloaded (or found in the HF cache)
+
+
+def _load_failed(model: str, reason: str) -> str:
+    return (
+        f"could not load Whisper model '{model}' ({reason}); pass a local CTranslate2 model "
+        "directory with --set asr.model=/path or use --set asr.model=bundled"
+    )
 
 
 def _split_device(device: str) -> tuple[str, int]:
@@ -91,10 +95,9 @@ def _build_model(cfg: AsrConfig) -> "WhisperModel":
             num_workers=cfg.workers,  # lets `workers` streams transcribe concurrently
         )
     except Exception as exc:  # offline download, bad dir, unsupported compute type, ...
-        raise UserError(
-            f"could not load Whisper model '{cfg.model}' ({_one_line(exc)}); pass a local "
-            "CTranslate2 model directory with --set asr.model=/path or use --set asr.model=bundled"
-        ) from None
+        downloading = not Path(source).is_dir() and isinstance(exc, OSError)
+        reason = "download failed and no cached copy; offline?" if downloading else _one_line(exc)
+        raise UserError(_load_failed(cfg.model, reason)) from None
 
 
 # ---------------------------------------------------------------------------------- data types

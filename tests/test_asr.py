@@ -1,0 +1,323 @@
+"""Streaming Whisper on real speech (espeak-ng), against the offline baseline, plus audio plumbing."""
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import jiwer
+import numpy as np
+import pytest
+
+from media import make_speech_clip, make_video, require_tools
+from stream.asr import StreamingTranscriber, TranscriptUpdate, load_whisper, normalize
+from stream.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
+from stream.config import AsrConfig
+from stream.errors import UserError
+
+SENTENCES = [
+    "The weather is lovely today, and the sun is shining over the quiet little town.",
+    "I went to the market this morning to buy some fresh bread and a bag of apples.",
+    "My brother likes to play football with his friends after school on Fridays.",
+    "We should finish the report before the meeting starts in the afternoon.",
+    "The train was late again this morning, so everybody arrived at work tired.",
+    "She opened the window and listened to the birds singing in the garden.",
+    "This coffee tastes much better than the one we had yesterday at the station.",
+    "Please remember to lock the door and turn off the lights when you leave.",
+]
+FEED_SECONDS = 0.5
+# The full 43 s clip streams in ~20 s of CPU on 2 cores (~45 Whisper passes): > 30 s wall here.
+slow = pytest.mark.slow
+
+_WER_TRANSFORM = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(
+        reference, hypothesis, reference_transform=_WER_TRANSFORM, hypothesis_transform=_WER_TRANSFORM
+    )
+
+
+@dataclass
+class StreamRun:
+    updates: list[TranscriptUpdate]
+    lags: list[float]  # per final word: media time fed when committed - word end
+    transcriber: StreamingTranscriber
+    wall: float
+
+    @property
+    def finals(self) -> list[TranscriptUpdate]:
+        return [u for u in self.updates if u.final]
+
+    @property
+    def text(self) -> str:
+        return " ".join(u.text for u in self.finals)
+
+
+def stream_audio(model, cfg: AsrConfig, audio: np.ndarray, t0: float = 0.0) -> StreamRun:
+    """Feed in real-time order, FEED_SECONDS at a time, as a live source would."""
+    tr = StreamingTranscriber(model, cfg, t0=t0)
+    updates: list[TranscriptUpdate] = []
+    lags: list[float] = []
+    step = int(FEED_SECONDS * SAMPLE_RATE)
+    began = time.perf_counter()
+
+    def collect(batch: list[TranscriptUpdate]) -> None:
+        updates.extend(batch)
+        lags.extend(tr.fed_until - w.end for u in batch if u.final for w in u.words)
+
+    for i in range(0, audio.size, step):
+        tr.feed(audio[i : i + step])
+        collect(tr.process())
+    collect(tr.finish())
+    return StreamRun(updates, lags, tr, time.perf_counter() - began)
+
+
+@pytest.fixture(scope="session")
+def speech_clip(tmp_path_factory) -> tuple[Path, list[tuple[str, float, float]]]:
+    require_tools("espeak-ng")
+    return make_speech_clip(SENTENCES, 1.0, tmp_path_factory.mktemp("asr") / "clip.wav", wpm=150)
+
+
+@pytest.fixture(scope="session")
+def whisper():
+    return load_whisper(AsrConfig())
+
+
+@pytest.fixture(scope="session")
+def clip_audio(speech_clip) -> np.ndarray:
+    return load_audio_16k(speech_clip[0])
+
+
+@pytest.fixture(scope="session")
+def stream_run(whisper, clip_audio) -> StreamRun:
+    run = stream_audio(whisper, AsrConfig(), clip_audio)
+    st = run.transcriber.stats()
+    print(
+        f"\nstreaming: WER={wer(' '.join(SENTENCES), run.text):.3f} passes={st['passes']} "
+        f"transcribe={st['transcribe_seconds']:.1f}s audio={st['audio_seconds']:.1f}s "
+        f"wall={run.wall:.1f}s lag mean={np.mean(run.lags):.2f}s max={max(run.lags):.2f}s"
+    )
+    return run
+
+
+# ------------------------------------------------------------------------------ transcription
+def test_clip_is_long_enough(speech_clip, clip_audio):
+    assert 35 <= clip_audio.size / SAMPLE_RATE <= 45
+    assert len(speech_clip[1]) == len(SENTENCES)
+
+
+@slow
+def test_streaming_wer(stream_run):
+    score = wer(" ".join(SENTENCES), stream_run.text)
+    assert score <= 0.25, stream_run.text
+
+
+@slow
+def test_streaming_not_worse_than_offline(whisper, clip_audio, stream_run):
+    segments, _ = whisper.transcribe(clip_audio, language="en", beam_size=1)
+    offline = " ".join(s.text.strip() for s in segments)
+    reference = " ".join(SENTENCES)
+    streaming_wer, offline_wer = wer(reference, stream_run.text), wer(reference, offline)
+    print(f"\nWER streaming={streaming_wer:.3f} offline={offline_wer:.3f}")
+    assert streaming_wer <= offline_wer + 0.15
+
+
+@slow
+def test_finals_never_repeat_and_keep_order(stream_run):
+    words = [w for u in stream_run.finals for w in u.words]
+    starts = [w.start for w in words]
+    assert starts == sorted(starts), "committed word timestamps went backwards"
+    assert all(w.end >= w.start for w in words)
+    # A committed word repeated shows up as a repeated 3-gram the script does not have.
+    ref = [normalize(w) for w in " ".join(SENTENCES).split()]
+    hyp = [normalize(w.text) for w in words]
+    ref_counts = collections.Counter(zip(ref, ref[1:], ref[2:]))
+    repeats = [g for g, n in collections.Counter(zip(hyp, hyp[1:], hyp[2:])).items() if n > max(1, ref_counts[g])]
+    assert not repeats, f"repeated words: {repeats}"
+
+
+@slow
+def test_finals_land_on_their_sentences(stream_run, speech_clip):
+    # Words assigned to sentences by their timestamps: order, timing and content all line up.
+    _, timings = speech_clip
+    words = [w for u in stream_run.finals for w in u.words]
+    for sentence, start, end in timings:
+        inside = [w.text for w in words if start - 0.5 <= (w.start + w.end) / 2 <= end + 0.5]
+        assert wer(sentence, " ".join(inside)) <= 0.5, (sentence, inside)
+    in_pauses = [
+        w for w in words if not any(s - 0.5 <= (w.start + w.end) / 2 <= e + 0.5 for _, s, e in timings)
+    ]
+    assert len(in_pauses) <= 2, in_pauses
+
+
+@slow
+def test_partials_and_progress(stream_run, clip_audio):
+    assert any(not u.final for u in stream_run.updates), "no partial transcript"
+    assert all(u.text and u.t_end >= u.t_start for u in stream_run.updates)
+    tr = stream_run.transcriber
+    assert tr.processed_until == pytest.approx(clip_audio.size / SAMPLE_RATE)
+    assert tr.audio_seconds == pytest.approx(clip_audio.size / SAMPLE_RATE)
+    assert tr.passes > 0 and tr.transcribe_seconds > 0
+    # Finals come at pauses: the end of each sentence is committed within ~2 s of media time.
+    assert np.mean(stream_run.lags) < 3.0
+
+
+def test_silence_skips_whisper(whisper):
+    run = stream_audio(whisper, AsrConfig(), np.zeros(5 * SAMPLE_RATE, dtype=np.float32))
+    assert run.updates == []
+    assert run.transcriber.passes == 0
+    assert run.transcriber.processed_until == pytest.approx(5.0)
+
+
+def test_media_time_offset(whisper, speech_clip, clip_audio):
+    _, timings = speech_clip
+    first_end = int((timings[0][2] + 0.8) * SAMPLE_RATE)
+    run = stream_audio(whisper, AsrConfig(), clip_audio[:first_end], t0=100.0)
+    words = [w for u in run.finals for w in u.words]
+    assert words and all(100.0 <= w.start <= w.end <= 100.0 + first_end / SAMPLE_RATE + 0.01 for w in words)
+    assert wer(SENTENCES[0], run.text) <= 0.4
+    assert any(not u.final for u in run.updates), "no partial transcript"
+    assert run.transcriber.processed_until == pytest.approx(100.0 + first_end / SAMPLE_RATE)
+
+
+# ------------------------------------------------- LocalAgreement logic with a scripted "model"
+class ScriptedModel:
+    """Stands in for Whisper: the audio itself spells the words. Word k is a 0.3 s plateau of
+    value (k+1)/1000 every 0.4 s; a plateau cut by the buffer end is misheard (an unstable tail,
+    as Whisper has), so only LocalAgreement, pauses and finish() may commit it."""
+
+    SLOT, WORD = 0.4, 0.3
+
+    def __init__(self, agree: bool = True) -> None:
+        self.agree = agree
+        self.calls = 0
+
+    @classmethod
+    def audio(cls, n_words: int) -> np.ndarray:
+        out = np.zeros(int((n_words * cls.SLOT + 0.5) * SAMPLE_RATE), dtype=np.float32)
+        for k in range(n_words):
+            a = int(k * cls.SLOT * SAMPLE_RATE)
+            out[a : a + int(cls.WORD * SAMPLE_RATE)] = (k + 1) / 1000
+        return out
+
+    @staticmethod
+    def text(k: int) -> str:
+        return f"w{k}." if k % 5 == 4 else f"w{k}"  # sentence ends let the buffer be trimmed
+
+    def transcribe(self, audio: np.ndarray, **_kw):
+        from types import SimpleNamespace as NS
+
+        self.calls += 1
+        ids = np.round(audio * 1000).astype(int)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], ids, [0]])))
+        words = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            k = ids[a] - 1
+            if k < 0:
+                continue
+            whole = (b - a) >= self.WORD * SAMPLE_RATE - 2 and b < audio.size
+            text = self.text(k) if whole and self.agree else f"x{k}-{self.calls}"
+            words.append(NS(word=" " + text, start=a / SAMPLE_RATE, end=b / SAMPLE_RATE, probability=0.9))
+        return iter([NS(words=words, no_speech_prob=0.0, avg_logprob=-0.1)]), None
+
+
+def test_local_agreement_commits_each_word_once():
+    n = 60
+    cfg = AsrConfig(vad=False, max_buffer_seconds=5.0)
+    run = stream_audio(ScriptedModel(), cfg, ScriptedModel.audio(n))
+    assert [w.text for u in run.finals for w in u.words] == [ScriptedModel.text(k) for k in range(n)]
+    assert any(not u.final for u in run.updates)
+    # Commits follow the audio closely (two agreeing passes), not at the end of the stream.
+    assert np.mean(run.lags) < 2.5
+
+
+def test_buffer_stays_bounded_when_passes_never_agree():
+    cfg = AsrConfig(vad=False, max_buffer_seconds=4.0)
+    tr = StreamingTranscriber(ScriptedModel(agree=False), cfg)
+    audio = ScriptedModel.audio(100)
+    finals: list[TranscriptUpdate] = []
+    for i in range(0, audio.size, SAMPLE_RATE // 2):
+        tr.feed(audio[i : i + SAMPLE_RATE // 2])
+        finals += [u for u in tr.process() if u.final]
+        assert tr._buf.size <= (cfg.max_buffer_seconds + cfg.chunk_seconds) * SAMPLE_RATE
+    finals += [u for u in tr.finish() if u.final]
+    starts = [w.start for u in finals for w in u.words]
+    assert starts == sorted(starts) and len(starts) > 50
+
+
+def test_feed_accepts_pcm16():
+    tr = StreamingTranscriber(ScriptedModel(), AsrConfig(vad=False))
+    tr.feed(np.full(SAMPLE_RATE, 16384, dtype=np.int16))
+    assert tr.audio_seconds == pytest.approx(1.0)
+    assert tr._pending[0].dtype == np.float32 and tr._pending[0][0] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_model_is_shared(whisper):
+    assert load_whisper(AsrConfig()) is whisper
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/whisper-dir", "not-a-whisper-model", "EMPTY_DIR"])
+def test_bad_model_is_a_user_error(model, tmp_path):
+    if model == "EMPTY_DIR":
+        model = str(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_whisper(AsrConfig(model=model))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "--set asr.model=" in message and "bundled" in message
+
+
+# -------------------------------------------------------------------------------------- audio
+def _frames(rate: int, layout: str, seconds: float, frame_size: int = 1024):
+    channels = 2 if layout == "stereo" else 1
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for i in range(0, tone.size, frame_size):
+        chunk = np.tile(tone[i : i + frame_size], (channels, 1))
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        frame.pts = i
+        yield frame
+
+
+def test_resampler_44k_stereo_to_16k_mono():
+    resampler = AudioResampler()
+    out = [resampler.resample(f) for f in _frames(44100, "stereo", 3.0)]
+    audio = np.concatenate(out + [resampler.flush()])
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert audio.size == pytest.approx(3.0 * SAMPLE_RATE, rel=0.01)
+    # The tone survives downmix + resampling (FFmpeg's stereo->mono mix adds +3 dB: not checked).
+    spectrum = np.abs(np.fft.rfft(audio[1000:-1000]))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / (audio.size - 2000)
+    assert peak_hz == pytest.approx(440, abs=2)
+    assert np.sqrt(np.mean(audio[1000:-1000] ** 2)) > 0.3
+
+
+def test_resampler_follows_format_changes():
+    resampler = AudioResampler()
+    parts = [resampler.resample(f) for f in _frames(44100, "stereo", 1.0)]
+    parts += [resampler.resample(f) for f in _frames(48000, "mono", 1.0)]
+    audio = np.concatenate(parts + [resampler.flush()])
+    assert audio.size == pytest.approx(2.0 * SAMPLE_RATE, rel=0.01)
+
+
+def test_load_audio_16k_from_video(tmp_path, speech_clip):
+    require_tools("ffmpeg")
+    with_audio = make_video(tmp_path / "a.webm", 3.0, audio=speech_clip[0], codec="vp8")
+    audio = load_audio_16k(with_audio)
+    assert audio.dtype == np.float32 and audio.size == pytest.approx(3.0 * SAMPLE_RATE, rel=0.02)
+    silent = make_video(tmp_path / "v.mp4", 1.0)
+    with pytest.raises(UserError, match="no audio stream"):
+        load_audio_16k(silent)
