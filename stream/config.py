@@ -60,7 +60,10 @@ class AsrConfig(_Section):
     cpu_threads: int = Field(0, ge=0)
     language: Optional[str] = "en"
     beam_size: int = Field(1, ge=1, le=10)
-    chunk_seconds: float = Field(1.0, gt=0)
+    chunk_seconds: float = Field(1.0, gt=0)  # live: a Whisper pass per this much new audio
+    # Files (not live) need no low latency: a longer step means fewer passes (each costs a
+    # padded 30 s window), so analysis runs well above real time with the same algorithm.
+    file_chunk_seconds: float = Field(2.0, gt=0)
     max_buffer_seconds: float = Field(15.0, gt=2)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
