@@ -142,7 +142,7 @@ def read_image(sample: Sample) -> np.ndarray:
     path = sample.image_path
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))[None]
+            return np.array(im.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"{sample.source}: cannot read image {path} ({' '.join(str(exc).split())[:120]})") from None
 

@@ -14,9 +14,10 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -163,7 +164,7 @@ def _train_epoch(fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Featur
         loss.backward()
         torch.nn.utils.clip_grad_norm_(fusion.parameters(), _GRAD_CLIP)
         opt.step()
-        total += float(loss) * len(batch)
+        total += loss.item() * len(batch)
         correct += int((out.probs.argmax(-1) == y).sum())
         count += len(batch)
     return {"train_loss": total / count, "train_accuracy": correct / count}
@@ -183,8 +184,7 @@ def train_fusion(cfg: AppConfig, features: FeatureSet, out_dir: str | Path, *, p
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.vision.device)
-    train_idx, valid_idx, test_idx = (features.indices(s) for s in ("train", "valid", "test"))
-    if len(train_idx) == 0 or len(valid_idx) == 0:
+    if not len(features.indices("train")) or not len(features.indices("valid")):
         raise UserError("training needs samples in both the train and the valid split")
     warm_start = cfg.model.checkpoint
     save_cfg = cfg.model_copy(deep=True)
@@ -195,6 +195,28 @@ def train_fusion(cfg: AppConfig, features: FeatureSet, out_dir: str | Path, *, p
         load_checkpoint(warm_start, fusion, cfg, features.embed_dim)
     fusion.to(device)
     opt = _optimizer(fusion, cfg)
+    with _threads(cfg, device):
+        return _run(out, fusion, opt, features, cfg, save_cfg, device, progress, restart_on_mismatch, extra_meta)
+
+
+@contextmanager
+def _threads(cfg: AppConfig, device: torch.device) -> Iterator[None]:
+    """engine.threads caps CPU threads while training: the fusion's small ops gain nothing from more,
+    and on a busy machine extra threads only spin (seen: 8x slower on 2 shared cores)."""
+    if device.type != "cpu" or cfg.engine.threads <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.engine.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: FeatureSet, cfg: AppConfig, save_cfg: AppConfig,
+         device: torch.device, progress: bool, restart_on_mismatch: bool, extra_meta: Optional[dict[str, Any]]) -> TrainResult:
+    train_idx, valid_idx, test_idx = (features.indices(s) for s in ("train", "valid", "test"))
     state = _resume(out, fusion, opt, _fingerprint(cfg, features), restart_on_mismatch)
     best = _best_weights(out, fusion, state)
     bar = tqdm(total=cfg.train.epochs, initial=min(state.epoch, cfg.train.epochs), desc=f"train {out.name}",

@@ -203,8 +203,9 @@ async def serve(cfg: AppConfig, stop: Optional[asyncio.Event] = None) -> None:
             await site.start()
         except OSError as exc:
             raise UserError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from None
+        port = runner.addresses[0][1] if runner.addresses else server.port  # the real one for --port 0
         shown = f"[{server.host}]" if ":" in server.host else server.host
-        print(f"sentistream serving on http://{shown}:{server.port}/ (Ctrl-C to stop)", file=sys.stderr)
+        print(f"sentistream serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
         if runtime.engine.weights == "random":
             print("warning: CLIP weights are random: estimates carry no meaning", file=sys.stderr)
         if not _is_loopback(server.host) and not server.token:

@@ -227,8 +227,7 @@ class StreamSession:
             self.transcripts += 1
             self.emit_event(make_event("transcript", self.name, self.transcriber.processed_until,
                                        t_start=round(up.t_start, 3), t_end=round(up.t_end, 3), text=up.text, final=up.final))
-        if not self.live or not updates:
-            self.audio_until = max(self.audio_until, self.transcriber.processed_until)
+        self.audio_until = max(self.audio_until, self.transcriber.processed_until)
         self._progress.set()
 
     # ------------------------------------------------------------------ estimates

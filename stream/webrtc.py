@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 30.0  # an answered offer whose peer never connects gives its slot back
 DRAIN_TIMEOUT_S = 5.0  # on close, let the session finish its last ASR pass, then cancel it
 MAX_BUFFERED_BYTES = 1 << 20  # data-channel back-pressure: drop events beyond this (client not reading)
+MAX_AUDIO_PAD_S = 5.0  # silence put before audio that starts late (aligns Whisper's clock)
 PENDING_EVENTS = 32  # events emitted before the data channel opens (warnings): keep the newest
 
 CONNECTIONS = Gauge("sentistream_connections", "Open WebRTC connections")
@@ -127,7 +128,7 @@ class Connection:
         self.extra_tracks: list[MediaStreamTrack] = []
         self.tasks: list[asyncio.Task] = []
         self.runner: Optional[asyncio.Task] = None
-        self.t0 = time.perf_counter()
+        self.t0: Optional[float] = None  # wall clock of the first media item: media time 0
         self.closing = False
         self.closed = asyncio.Event()
         self._inputs_open = 0
@@ -238,6 +239,11 @@ class Connection:
             ch.send(self.pending.popleft())
 
     # ------------------------------------------------------------------ media in
+    def _since_start(self, wall: float) -> float:
+        if self.t0 is None:
+            self.t0 = wall
+        return wall - self.t0
+
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         assert self.session is not None
         loop = asyncio.get_running_loop()
@@ -248,9 +254,10 @@ class Connection:
                 frame = self._newest(track, frame)
                 wall = time.perf_counter()
                 rgb = await loop.run_in_executor(self.pool, _to_rgb, frame)
-                media = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else wall - self.t0
-                if offset is None:  # anchor the client's clock to the connection's wall clock
-                    offset = (wall - self.t0) - media
+                since = self._since_start(wall)
+                media = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else since
+                if offset is None:  # anchor the client's clock to the connection's media clock
+                    offset = since - media
                 FRAMES_IN.inc()
                 await session.push_video(VideoFrame(offset + media, rgb, wall))
                 dropped = session.video_q.dropped
@@ -292,7 +299,13 @@ class Connection:
                     continue
                 wall = time.perf_counter()
                 if start is None:
-                    start = wall - self.t0
+                    # Whisper times words from its first sample: pad the late start with silence
+                    # (capped) so transcript and video share the connection's clock.
+                    start = min(self._since_start(wall), MAX_AUDIO_PAD_S)
+                    pad = int(start * SAMPLE_RATE)
+                    if pad:
+                        await self.session.push_audio(AudioChunk(0.0, np.zeros(pad, np.float32), wall))
+                    start = pad / SAMPLE_RATE
                 # Media time by sample count: Whisper's timeline, immune to network jitter.
                 await self.session.push_audio(AudioChunk(start + n / SAMPLE_RATE, samples, wall))
                 n += samples.size
