@@ -46,9 +46,11 @@ class MicroBatcher(Generic[T, R]):
         self.batch_sizes: collections.Counter[int] = collections.Counter()
 
     def _ensure_started(self) -> asyncio.Queue:
-        if self._task is None or self._task.done():
+        loop = asyncio.get_running_loop()
+        # A new event loop (tests, a restarted server) needs its own worker and queue.
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.name}")
+            self._task = loop.create_task(self._worker(), name=f"batcher-{self.name}")
         assert self._queue is not None
         return self._queue
 

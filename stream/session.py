@@ -93,6 +93,7 @@ class StreamSession:
         self.started = time.perf_counter()
         self.input_ended = False
         self.last_estimate: Optional[dict] = None
+        self._last_estimate_t = -1.0
 
     # ------------------------------------------------------------------ input (source side)
     async def push(self, item: VideoFrame | AudioChunk) -> None:
@@ -291,7 +292,9 @@ class StreamSession:
                 await asyncio.sleep(wait_more)
             seen = self.frames_processed
             last = time.perf_counter()
-            await self._estimate(self.clock)
+            if self.clock > self._last_estimate_t:  # stalled media: nothing new to say
+                self._last_estimate_t = self.clock
+                await self._estimate(self.clock)
 
     async def run(self) -> dict:
         """Runs until the input ended and everything queued is processed; returns the summary."""

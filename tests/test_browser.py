@@ -1,0 +1,144 @@
+"""A real browser against `sentistream serve`: Debian's headless Chromium with a fake camera and
+microphone (a y4m picture and an espeak-ng WAV, both looped by Chromium) opens the page, connects
+over WebRTC and must show transcript text and an estimate in its DOM.
+
+The server runs as the real CLI in a subprocess (tiny random CLIP, `--port 0`), so this also
+covers `sentistream serve` start-up and a clean shutdown on SIGINT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import ROOT, TINY_CONFIG
+from tests.media import make_speech_clip, require_tools
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SPEECH = ["I am so happy with this wonderful result.", "Thank you, this is great news."]
+SCREENSHOT = os.environ.get("SENTISTREAM_SCREENSHOT")  # set to a path to keep a picture of the page
+
+
+def _need_chromium() -> None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.exists(p) or shutil.which(Path(p).name))]
+    if missing:
+        pytest.skip(f"needs Debian chromium + chromium-driver ({', '.join(missing)} not found; `make apt`)")
+    pytest.importorskip("selenium", reason="needs selenium (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def fake_media(tmp_path_factory) -> tuple[Path, Path]:
+    """(camera .y4m, microphone .wav) for Chromium's fake capture devices."""
+    require_tools("espeak-ng", "ffmpeg")
+    d = tmp_path_factory.mktemp("browser-media")
+    wav, _ = make_speech_clip(SPEECH, 0.6, d / "speech.wav", lead_s=0.8)
+    y4m = d / "camera.y4m"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=320x240:rate=15", "-t", "4", "-pix_fmt", "yuv420p", str(y4m)], check=True)
+    return y4m, wav
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    _need_chromium()  # before spending seconds on model loading
+    cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    base, seen = None, []
+    deadline = time.monotonic() + 120
+    assert proc.stderr is not None
+    while base is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        m = re.search(r"serving on (http://\S+/)", line)
+        base = m.group(1) if m else None
+    if base is None:
+        proc.kill()
+        pytest.fail("`sentistream serve` did not start:\n" + "".join(seen[-20:]))
+    yield base
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(30) == 0, "serve did not exit cleanly on SIGINT"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+
+def _health(base: str) -> dict:
+    with urllib.request.urlopen(base + "healthz", timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def driver(fake_media, tmp_path):
+    _need_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    y4m, wav = fake_media
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={y4m}",
+                f"--use-file-for-fake-audio-capture={wav}", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def test_page_connects_and_shows_transcript_and_estimate(server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server)
+    assert "sentistream" in driver.title
+    driver.find_element(By.ID, "start").click()
+
+    def text(element_id: str) -> str:
+        return driver.find_element(By.ID, element_id).text.strip()
+
+    def ready(_) -> bool:
+        if driver.find_element(By.ID, "error").is_displayed():
+            raise AssertionError("page error: " + text("error"))
+        return bool(text("transcript")) and text("label").lower() in ("positive", "neutral", "negative")
+
+    try:
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(ready)
+        # The overlay video plays: the returned track has frames.
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(
+            "const v = document.getElementById('video'); return v.readyState >= 2 && v.videoWidth > 0;"))
+    finally:
+        if SCREENSHOT:
+            driver.save_screenshot(SCREENSHOT)
+    assert text("status") == "connected"
+    assert re.fullmatch(r"[+-]\d\.\d\d", text("score")), text("score")
+    assert re.fullmatch(r"\d\.\d\d", text("weight-image-v")) and re.fullmatch(r"\d\.\d\d", text("weight-text-v"))
+    assert _health(server)["connections"] == 1
+    points = driver.execute_script("return points.length")
+    assert points >= 1  # the timeline has data
+
+    driver.find_element(By.ID, "stop").click()
+    deadline = time.monotonic() + 30
+    while _health(server)["connections"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(server)["connections"] == 0, "the server kept the closed browser connection"

@@ -1,0 +1,477 @@
+"""`sentistream serve` in process: HTTP contract, limits, and real aiortc clients over loopback.
+
+One tiny-CLIP runtime (and the bundled Whisper) per module, shared by every app the tests create,
+as the server shares it between connections. All tests run on the module's event loop because the
+engine's batchers live on the loop that first used them.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
+
+from stream.config import load_config
+from stream.runtime import build_runtime
+from stream.server import create_app
+from stream.session import StreamSession
+from stream.webrtc import Connection
+from tests.conftest import TINY_CONFIG
+from tests.media import cached, make_speech_clip, make_video, require_tools
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+FLAT_RGB = (64, 128, 192)
+SPEECH = ["I am really happy today.", "This is a wonderful day."]
+SPEECH_WORDS = {"happy", "wonderful", "today", "day", "really"}
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def runtime():
+    rt = await build_runtime(load_config(TINY_CONFIG))
+    yield rt
+    await rt.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def serve(runtime):
+    """serve(**server_overrides) -> base URL of a fresh app on the shared runtime."""
+    servers: list[TestServer] = []
+
+    async def start(**server: Any) -> str:
+        cfg = load_config(TINY_CONFIG, [f"server.{k}={v}" for k, v in server.items()])
+        srv = TestServer(create_app(runtime, cfg), host="127.0.0.1")
+        await srv.start_server()
+        servers.append(srv)
+        return str(srv.make_url("/"))
+
+    yield start
+    for srv in servers:
+        await srv.close()
+
+
+class FlatVideo(VideoStreamTrack):
+    """A flat-colour picture at 30 fps: anything else in returned frames is the overlay."""
+
+    def __init__(self, size: tuple[int, int] = (320, 240)):
+        super().__init__()
+        self.image = np.full((size[1], size[0], 3), FLAT_RGB, np.uint8)
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(self.image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class Client:
+    """An aiortc peer like the page: sends tracks, opens "events", collects events and frames."""
+
+    def __init__(self, tracks: list[MediaStreamTrack]):
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.tracks = tracks
+        self.events: list[dict] = []
+        self.frames = 0
+        self.last_frame: Optional[np.ndarray] = None
+        self.first_frame = asyncio.Event()
+        self.channel_open = asyncio.Event()
+        self._readers: list[asyncio.Task] = []
+
+    async def connect(self, base: str, headers: Optional[dict] = None) -> tuple[int, dict]:
+        for track in self.tracks:
+            self.pc.addTrack(track)
+        channel = self.pc.createDataChannel("events")
+        channel.on("open", self.channel_open.set)
+        channel.on("message", lambda m: self.events.append(json.loads(m)))
+        self.pc.on("track", lambda t: self._readers.append(asyncio.ensure_future(self._read(t))))
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "offer", json=offer, headers=headers or {}) as r:
+                body = await r.json()
+                status = r.status
+        if status == 200:
+            await self.pc.setRemoteDescription(RTCSessionDescription(**body))
+        return status, body
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.frames += 1
+                    self.last_frame = frame.to_ndarray(format="rgb24")
+                    self.first_frame.set()
+        except MediaStreamError:
+            pass
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for track in self.tracks:
+            track.stop()
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+async def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            return r.status, await r.json()
+
+
+async def post(url: str, data: bytes | str, headers: Optional[dict] = None) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=data, headers=headers or {}) as r:
+            return r.status, await r.json()
+
+
+async def connections(base: str) -> int:
+    status, health = await get_json(base + "healthz")
+    assert status == 200
+    return health["connections"]
+
+
+async def until_no_connections(base: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while await connections(base):
+        assert time.monotonic() < deadline, "the server kept a closed connection"
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ HTTP contract
+async def test_page_health_and_metrics(serve):
+    base = await serve()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base) as r:
+            page = await r.text()
+            assert r.status == 200 and "text/html" in r.headers["Content-Type"]
+        for asset in ("static/app.js", "static/style.css"):
+            async with http.get(base + asset) as r:
+                assert r.status == 200, asset
+        async with http.get(base + "metrics") as r:
+            metrics = await r.text()
+    for element in ("transcript", "label", "score", "weights", "timeline", "status", "start", "video"):
+        assert f'id="{element}"' in page, element
+    assert "http://" not in page and "https://" not in page  # no CDN: the page works offline
+    status, health = await get_json(base + "healthz")
+    assert status == 200
+    assert health["status"] == "ok" and health["connections"] == 0 and health["weights"] == "random"
+    assert health["uptime_s"] >= 0 and health["max_clients"] == 8
+    for name in ("sentistream_connections ", "sentistream_frames_in_total", "sentistream_estimates_total",
+                 "# TYPE sentistream_stage_seconds histogram"):
+        assert name in metrics, name
+
+
+async def test_bad_offers_get_json_errors_and_server_stays_up(serve):
+    base = await serve(max_body_bytes=4096)
+    url = base + "offer"
+    cases = [
+        (b"not json", "JSON"),
+        (b"[1, 2]", "object"),
+        (json.dumps({"type": "offer"}), "sdp"),
+        (json.dumps({"sdp": "v=0"}), "type"),
+        (json.dumps({"sdp": 5, "type": "offer"}), "sdp"),
+        (json.dumps({"sdp": "v=0\r\n", "type": "answer"}), "offer"),
+        (json.dumps({"sdp": "garbage", "type": "offer"}), "SDP"),
+        (json.dumps({"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nnonsense\r\n", "type": "offer"}), "SDP"),
+        (b"\xff\xfe", "JSON"),
+    ]
+    for body, word in cases:
+        status, reply = await post(url, body)
+        assert status == 400, (body, reply)
+        assert word.lower() in reply["error"].lower(), (body, reply)
+    status, reply = await post(url, json.dumps({"sdp": "x" * 8000, "type": "offer"}))
+    assert status == 413 and "limit" in reply["error"]
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=chunks()) as r:  # chunked, no Content-Length
+            assert r.status == 413 and "error" in await r.json()
+        async with http.get(url) as r:
+            assert r.status == 405 and "error" in await r.json()
+    # A well-formed offer that sends no media (data channel only) is refused too.
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    status, reply = await post(url, json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"}))
+    await pc.close()
+    assert status == 400 and "neither audio nor video" in reply["error"]
+    assert await connections(base) == 0  # nothing half-open stays behind
+
+
+async def test_token_required(serve):
+    base = await serve(token="s3cret")
+    offer = json.dumps({"sdp": "garbage", "type": "offer"})
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}, {"Authorization": "Basic s3cret"}):
+        status, reply = await post(base + "offer", offer, headers)
+        assert status == 401 and "error" in reply, headers
+    status, reply = await post(base + "offer", offer, {"Authorization": "Bearer s3cret"})
+    assert status == 400  # past the token check, stopped by the SDP
+    client = Client([FlatVideo()])
+    try:
+        status, _ = await client.connect(base, {"Authorization": "Bearer s3cret"})
+        assert status == 200
+    finally:
+        await client.close()
+
+
+async def test_max_clients_then_slot_freed(serve):
+    base = await serve(max_clients=1)
+    first, second, third = Client([FlatVideo()]), Client([FlatVideo()]), Client([AudioStreamTrack()])
+    try:
+        assert (await first.connect(base))[0] == 200
+        status, reply = await second.connect(base)
+        assert status == 503 and "full" in reply["error"]
+        await asyncio.wait_for(first.first_frame.wait(), 20)
+        await first.close()
+        await until_no_connections(base)
+        assert (await third.connect(base))[0] == 200
+    finally:
+        for c in (first, second, third):
+            await c.close()
+
+
+# ------------------------------------------------------------------------------ media end to end
+@pytest.fixture(scope="module")
+def speech_video(tmp_path_factory) -> tuple[Path, Path]:
+    """(mp4 of a flat picture + spoken sentences, the speech wav): espeak-ng + ffmpeg."""
+    require_tools("espeak-ng", "ffmpeg")
+    d = tmp_path_factory.mktemp("serve-media")
+    wav, timings = make_speech_clip(SPEECH, 0.5, cached(d, "speech", ".wav", SPEECH), lead_s=1.5)
+    seconds = timings[-1][2] + 2.5
+    colour = "color=c=0x%02x%02x%02x" % FLAT_RGB
+    mp4 = make_video(cached(d, "flat", ".mp4", SPEECH, colour), seconds, size=(320, 240), fps=15, audio=wav, pattern=colour)
+    return mp4, wav
+
+
+def said_words(client: Client) -> set[str]:
+    text = " ".join(e["text"] for e in client.of("transcript")).lower()
+    return {w.strip(".,!?") for w in text.split()} & SPEECH_WORDS
+
+
+@pytest.mark.slow
+async def test_end_to_end_speech_and_video(serve, speech_video):
+    from aiortc.contrib.media import MediaPlayer
+
+    base = await serve()
+    player = MediaPlayer(str(speech_video[0]))
+    client = Client([player.audio, player.video])
+    try:
+        status, _ = await client.connect(base)
+        assert status == 200
+        await wait_for(lambda: said_words(client) and any(e["modalities"]["text"]["weight"] > 0 for e in client.of("sentiment")),
+                       60, "transcript words and text-weighted sentiment events over the data channel")
+        await asyncio.wait_for(client.first_frame.wait(), 10)
+        await wait_for(lambda: client.frames >= 10, 20, "returned overlay frames")
+    finally:
+        await client.close()
+    kinds = {e["type"] for e in client.events}
+    assert {"warning", "transcript", "sentiment"} <= kinds  # warning: random weights, said so
+    est = client.of("sentiment")[-1]
+    assert est["label"] in ("negative", "neutral", "positive") and -1 <= est["score"] <= 1
+    assert abs(sum(est["probs"].values()) - 1) < 1e-3 and est["weights"] == "random"
+    assert all(e["stream"] == est["stream"] for e in client.events)
+    assert any(e["modalities"]["text"]["weight"] > 0 for e in client.of("sentiment"))
+    # The overlay: the returned picture differs from the flat colour that was sent (panel, text).
+    frame = client.last_frame.astype(np.int16)
+    diff = np.abs(frame - np.array(FLAT_RGB, np.int16)).mean(axis=2)
+    h, w = diff.shape
+    assert diff[: h // 4, : w // 2].mean() > 20, "no overlay panel in the returned frames"
+    assert np.median(diff[h // 2 : 3 * h // 4, w // 2 :]) < 12, "returned frames are not the client's picture"
+
+
+@pytest.mark.slow
+async def test_audio_only_client(serve, speech_video):
+    from aiortc.contrib.media import MediaPlayer
+
+    base = await serve()
+    player = MediaPlayer(str(speech_video[1]))
+    client = Client([player.audio])
+    try:
+        assert (await client.connect(base))[0] == 200
+        await wait_for(lambda: said_words(client) and any(e["modalities"]["text"]["weight"] > 0 for e in client.of("sentiment")),
+                       60, "text-weighted estimates from an audio-only client")
+    finally:
+        await client.close()
+    assert all(e["modalities"]["image"]["weight"] == 0 for e in client.of("sentiment"))
+    assert client.frames == 0  # no camera, no overlay track
+    assert any("no camera" in e.get("message", "") for e in client.of("warning"))
+
+
+async def test_video_only_client(serve):
+    base = await serve()
+    client = Client([FlatVideo()])
+    try:
+        assert (await client.connect(base))[0] == 200
+        await wait_for(lambda: len(client.of("sentiment")) >= 2 and client.frames >= 5, 30, "estimates and overlay frames")
+    finally:
+        await client.close()
+    for e in client.of("sentiment"):
+        assert e["modalities"]["text"]["weight"] == 0 and e["modalities"]["image"]["weight"] > 0
+    assert any("no microphone" in e.get("message", "") for e in client.of("warning"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "metrics") as r:
+            metrics = {line.split()[0]: float(line.split()[1]) for line in (await r.text()).splitlines()
+                       if line and not line.startswith("#")}
+    assert metrics["sentistream_frames_in_total"] > 0 and metrics["sentistream_estimates_total"] >= 2
+    assert metrics["sentistream_connections_accepted_total"] >= 1
+
+
+async def test_serve_flags_are_validated():
+    import argparse
+
+    from stream.errors import UserError
+    from stream.server import _server_config
+
+    cfg = load_config(TINY_CONFIG)
+    args = argparse.Namespace(host=None, port=9000, max_clients=None, token="t")
+    server = _server_config(cfg, args)
+    assert (server.host, server.port, server.max_clients, server.token) == ("127.0.0.1", 9000, 8, "t")
+    for bad in ({"max_clients": 0}, {"port": 70000}):
+        with pytest.raises(UserError, match="--max-clients|--port"):
+            _server_config(cfg, argparse.Namespace(**{**vars(args), **bad}))
+
+
+# ------------------------------------------------------------------------------ no leaks
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def snapshot() -> tuple[float, int, int]:
+    """(RSS MB, asyncio tasks, threads outside the loop's default executor).
+
+    The default executor (aiortc encodes there) grows lazily up to its fixed max_workers, so its
+    threads are not counted; every other thread (aiortc decoders, our pools) must come back."""
+    gc.collect()
+    try:  # hand freed heap back to the OS so RSS reflects live memory (glibc only)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    threads = [t for t in threading.enumerate() if not t.name.startswith("asyncio_")]
+    return rss_mb(), len(asyncio.all_tasks()), len(threads)
+
+
+async def one_cycle(base: str) -> None:
+    """Connect with camera + mic, get the overlay back and the events channel open, hang up."""
+    client = Client([FlatVideo(), AudioStreamTrack()])
+    try:
+        status, reply = await client.connect(base)
+        assert status == 200, reply
+        await asyncio.wait_for(client.first_frame.wait(), 20)
+        await asyncio.wait_for(client.channel_open.wait(), 20)
+    finally:
+        await client.close()
+    await until_no_connections(base)
+
+
+CYCLES = 50
+WARMUP = 25
+
+
+@pytest.mark.slow
+async def test_connect_disconnect_cycles_release_everything(serve):
+    base = await serve()
+    # Warm-up: codecs, thread pools and malloc arenas grow in steps over the first few dozen
+    # connections (measured: +40-60 MB over the first 70, then flat within 3 MB for 80 more).
+    for _ in range(WARMUP):
+        await one_cycle(base)
+    await asyncio.sleep(0.5)
+    rss0, tasks0, threads0 = snapshot()
+    started = time.monotonic()
+    for _ in range(CYCLES):
+        await one_cycle(base)
+    await asyncio.sleep(0.5)
+    rss1, tasks1, threads1 = snapshot()
+    print(f"\n{CYCLES} cycles in {time.monotonic() - started:.1f} s: RSS {rss0:.1f} -> {rss1:.1f} MB, "
+          f"tasks {tasks0} -> {tasks1}, threads {threads0} -> {threads1}")
+    assert tasks1 <= tasks0, (tasks0, tasks1, [t.get_name() for t in asyncio.all_tasks()])
+    assert threads1 <= threads0, (threads0, threads1, [t.name for t in threading.enumerate()])
+    watched = {Connection, StreamSession, RTCPeerConnection}
+    live = [type(o).__name__ for o in gc.get_objects() if type(o) in watched]
+    assert not live, f"still alive after every connection closed: {live}"
+    # The object check above is the precise one; RSS catches leaks outside Python objects (native
+    # codec/decoder state): > 1.3 MB per connection would fail here. Allocator steps stay below.
+    assert rss1 - rss0 < 64, f"RSS grew {rss1 - rss0:.1f} MB over {CYCLES} cycles"
+
+
+async def test_offer_that_never_connects_gives_its_slot_back(serve, monkeypatch):
+    import stream.webrtc
+
+    monkeypatch.setattr(stream.webrtc, "CONNECT_TIMEOUT_S", 1.0)
+    base = await serve(max_clients=1)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(FlatVideo())
+    await pc.setLocalDescription(await pc.createOffer())
+    status, _ = await post(base + "offer", json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"}))
+    await pc.close()  # the client walks away without ever applying the answer
+    assert status == 200
+    await until_no_connections(base)
+
+
+async def test_overlay_track_relays_only_the_newest_frame():
+    """The returned track never queues: frames that arrived while it was busy are skipped, counted."""
+    import concurrent.futures
+    import fractions
+    import types
+
+    from prometheus_client import REGISTRY
+
+    from stream.overlay import OverlayTracker
+    from stream.webrtc import OverlayTrack, _Latest
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("sentistream_frames_dropped_total", {"where": "relay"}) or 0.0
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    conn = types.SimpleNamespace(latest=None, tracker=OverlayTracker(), pool=pool)
+    track = OverlayTrack(conn)  # type: ignore[arg-type]
+    try:
+        waiter = asyncio.ensure_future(track.recv())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # no client frame yet: nothing is invented
+        before = dropped()
+        for seq in range(1, 6):
+            image = np.full((48, 64, 3), seq * 40, np.uint8)
+            conn.latest = _Latest(seq, seq * 3000, fractions.Fraction(1, 90000), image)
+        track.notify()
+        frame = await asyncio.wait_for(waiter, 5)
+        assert frame.pts == 15000 and (frame.width, frame.height) == (64, 48)
+        assert dropped() - before == 4
+        again = asyncio.ensure_future(track.recv())
+        await asyncio.sleep(0.05)
+        assert not again.done()  # the same frame is never sent twice
+        track.stop()
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(again, 5)
+    finally:
+        pool.shutdown()
