@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from stream.config import AppConfig, load_config
+from stream.errors import UserError
 
 from .backbone import resolve_device
 from .checkpoint import CONFIG_FILE, load_checkpoint, read_meta
@@ -128,6 +129,8 @@ def format_table(report: dict[str, Any], n_test: int) -> str:
 def main(cfg: AppConfig, args: Any) -> int:
     ckpt = Path(args.checkpoint)
     read_meta(ckpt)  # a clear error for a directory that is not a checkpoint, before anything else
+    if not (ckpt / CONFIG_FILE).is_file():
+        raise UserError(f"checkpoint {ckpt} has no {CONFIG_FILE}: it cannot be rebuilt (re-run sentistream train)")
     # The checkpoint's own config rebuilds its model; --set overrides (e.g. vision.device) still apply.
     cfg = load_config(ckpt / CONFIG_FILE, getattr(args, "overrides", []) or [])
     required = ("train", "valid", "test") if args.ablations else ("test",)

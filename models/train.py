@@ -137,7 +137,13 @@ def _truncate_log(path: Path, epoch: int) -> None:
     """Drops log lines of epochs the saved state does not cover (a crash between the two writes)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut off by the crash
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -240,7 +246,7 @@ def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Fea
             fh.write(json.dumps(row) + "\n")
         _save_last(out, fusion, opt, state)
         bar.update(1)
-        bar.set_postfix(valid_f1=f"{valid['weighted_f1']:.3f}", best=state.best_epoch)
+        bar.set_postfix(valid_f1=f"{valid['weighted_f1']:.3f}", best=state.best_epoch, refresh=False)
     bar.close()
     return _finish(out, fusion, best, state, features, save_cfg, (valid_idx, test_idx), device, extra_meta)
 
