@@ -224,7 +224,7 @@ def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Fea
          device: torch.device, progress: bool, restart_on_mismatch: bool, extra_meta: Optional[dict[str, Any]]) -> TrainResult:
     train_idx, valid_idx, test_idx = (features.indices(s) for s in ("train", "valid", "test"))
     state = _resume(out, fusion, opt, _fingerprint(cfg, features), restart_on_mismatch)
-    best = _best_weights(out, fusion, state)
+    best = _best_weights(out, state)
     bar = tqdm(total=cfg.train.epochs, initial=min(state.epoch, cfg.train.epochs), desc=f"train {out.name}",
                unit="epoch", disable=not progress, file=sys.stderr)
     while state.stop_reason != "early_stop" and state.epoch < cfg.train.epochs:
@@ -251,7 +251,7 @@ def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Fea
     return _finish(out, fusion, best, state, features, save_cfg, (valid_idx, test_idx), device, extra_meta)
 
 
-def _best_weights(out: Path, fusion: ClipCaMsa, state: _State) -> Optional[dict[str, torch.Tensor]]:
+def _best_weights(out: Path, state: _State) -> Optional[dict[str, torch.Tensor]]:
     if state.best_epoch and (out / WEIGHTS_FILE).is_file():
         return load_file(str(out / WEIGHTS_FILE))
     return None

@@ -13,6 +13,13 @@ import torch.nn.functional as F
 
 HEADS: tuple[str, ...] = ("image", "text", "fused")
 _MIN_CONFIDENCE = 1e-3  # keeps a maximally unsure head from vanishing entirely
+# On separable data the optimum s_m = log CE_m runs to -inf; bounding it keeps the loss finite
+# and no head's precision beyond e^5 times another's.
+LOG_VAR_BOUND = 5.0
+
+
+def bounded(log_vars: torch.Tensor) -> torch.Tensor:
+    return log_vars.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
 
 
 def confidence(probs: torch.Tensor) -> torch.Tensor:
@@ -29,7 +36,7 @@ def head_weights(
 ) -> torch.Tensor:
     """(B, H) weights that sum to 1 over available heads (all zeros when none is available)."""
     if use_uncertainty:
-        raw = torch.exp(-log_vars).unsqueeze(0) * confidence(probs)
+        raw = torch.exp(-bounded(log_vars)).unsqueeze(0) * confidence(probs)
     else:
         raw = torch.ones(probs.shape[:2], device=probs.device, dtype=probs.dtype)
     raw = raw * available.to(raw.dtype)
@@ -58,7 +65,8 @@ def uncertainty_loss(
     per_head = (ce * avail).sum(0) / avail.sum(0).clamp_min(1.0)
     present = avail.sum(0) > 0
     if use_uncertainty:
-        terms = torch.exp(-log_vars) * per_head + log_vars
+        s = bounded(log_vars)
+        terms = torch.exp(-s) * per_head + s
     else:
         terms = per_head
     return (terms * present.to(terms.dtype)).sum(), per_head.detach()
