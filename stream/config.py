@@ -63,7 +63,7 @@ class AsrConfig(_Section):
     chunk_seconds: float = Field(1.0, gt=0)  # live: a Whisper pass per this much new audio
     # Files (not live) need no low latency: a longer step means fewer passes (each costs a
     # padded 30 s window), so analysis runs well above real time with the same algorithm.
-    file_chunk_seconds: float = Field(2.0, gt=0)
+    file_chunk_seconds: float = Field(3.0, gt=0)
     max_buffer_seconds: float = Field(15.0, gt=2)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
