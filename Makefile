@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast apt bench clean
+.PHONY: install demo test test-fast apt bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -48,8 +48,11 @@ test: install apt
 test-fast: install apt
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: install
-	$(VENV)/bin/sentistream-bench --json docs/bench-cpu.json
+bench: install apt
+	$(PY) scripts/bench.py --json docs/bench-cpu.json
+
+bench-gpu: install
+	$(PY) scripts/bench.py --cuda --json docs/bench-gpu.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-events.jsonl demo-overlay.mp4

@@ -270,7 +270,8 @@ class StreamSession:
             k += 1
 
     async def _live_estimator(self) -> None:
-        """An estimate as soon as new frame features land (at most one per hop), else every hop."""
+        """An estimate as soon as new frame features land (so at most the sampler's fps), else every
+        hop. Never delayed to keep a rhythm: that wait dominated frame_to_estimate."""
         hop = self.cfg.window.hop
         await self._wait_progress(lambda: self.clock > 0 or (self.video_done and self.audio_done))
         last = time.perf_counter() - hop
@@ -286,10 +287,6 @@ class StreamSession:
                     await asyncio.wait_for(self._progress.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            # At most one estimate per hop (10 % slack for jitter); missed hops are not caught up.
-            wait_more = last + hop * 0.9 - time.perf_counter()
-            if wait_more > 0:
-                await asyncio.sleep(wait_more)
             seen = self.frames_processed
             last = time.perf_counter()
             if self.clock > self._last_estimate_t:  # stalled media: nothing new to say

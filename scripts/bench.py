@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmarks of the multi-stream engine, in ONE run so that ratios survive noise:
+
+1. CLIP image throughput, batched vs batch-1, through the engine's own image path;
+2. the shared engine vs one model per stream (own CLIP, engine thread and Whisper) for N streams:
+   `fast` = files analysed as fast as possible (frames/s = throughput; frame_to_estimate then
+   includes back-pressure queueing), `paced` = files at native rate with live semantics (latency,
+   drops). Each run is a fresh subprocess, so peak RSS is that configuration's own;
+3. streaming transcript (LocalAgreement through the real pipeline, paced) vs offline
+   `model.transcribe` of the whole file with the same Whisper model: WER and per-word lag.
+
+    .venv/bin/python scripts/bench.py --json docs/bench-cpu.json        # CPU, ViT-B-32 random weights
+    .venv/bin/python scripts/bench.py --quick --config configs/tiny-test.yaml --json /tmp/bench.json
+    .venv/bin/python scripts/bench.py --cuda --json docs/bench-gpu.json # GPU: configs/gpu.yaml, fp16,
+        # plus streams per GPU (paced 5 frames/s streams added until frame_to_estimate p95 > 200 ms)
+
+Writes the JSON and a Markdown snippet next to it (--markdown to choose). Needs espeak-ng + ffmpeg.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package from a checkout; tests/media.py makes the clip
+
+SENTENCES = [  # the same ~40 s script as tests/test_asr.py (espeak-ng, 150 wpm, 1 s pauses)
+    "The weather is lovely today, and the sun is shining over the quiet little town.",
+    "I went to the market this morning to buy some fresh bread and a bag of apples.",
+    "My brother likes to play football with his friends after school on Fridays.",
+    "We should finish the report before the meeting starts in the afternoon.",
+    "The train was late again this morning, so everybody arrived at work tired.",
+    "She opened the window and listened to the birds singing in the garden.",
+    "This coffee tastes much better than the one we had yesterday at the station.",
+    "Please remember to lock the door and turn off the lights when you leave.",
+]
+GPU_P95_LIMIT_MS = 200.0
+GPU_STREAMS = (8, 16, 32, 48, 64, 80, 96, 128, 160, 192, 256)
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default configs/default.yaml; --cuda: configs/gpu.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, applied after vision.pretrained=random (repeatable)")
+    p.add_argument("--json", required=True, metavar="OUT", help="results as JSON (a .md snippet is written beside it)")
+    p.add_argument("--markdown", metavar="OUT.md", help="Markdown snippet path (default: --json path with .md)")
+    p.add_argument("--quick", action="store_true", help="short clip, N = 1, 2, fast mode only (tests)")
+    p.add_argument("--cuda", action="store_true", help="the CUDA path: fp16 batching and streams per GPU")
+    p.add_argument("--streams", default=None, help="comma list of N for the engine comparison (default 1,2,4)")
+    p.add_argument("--modes", default=None, help="fast,paced (default both; --quick: fast)")
+    p.add_argument("--engine-seconds", type=float, default=None, help="media seconds per engine run (default 20)")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: clip,engine,asr,gpu_streams")
+    p.add_argument("--work-dir", help="keep the generated clip here (default: a temporary directory)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one profile run in a fresh process
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------ utilities
+def percentile_ms(values: list[float], q: float) -> Optional[float]:
+    import numpy as np
+
+    return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 1) if values else None
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    from stream.profile import cpu_model
+
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return {
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "git": git.stdout.strip() or None, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def make_media(work: Path, quick: bool, fps: int) -> tuple[Path, Path, str]:
+    """(speech WAV, video with that speech, reference text)."""
+    from media import make_speech_clip, make_video, read_wav
+
+    missing = [t for t in ("espeak-ng", "ffmpeg") if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(fail(f"needs {', '.join(missing)} on PATH (make apt)"))
+    sentences = SENTENCES[:2] if quick else SENTENCES
+    wav, _ = make_speech_clip(sentences, 1.0, work / f"speech-{len(sentences)}.wav", wpm=150)
+    audio, rate = read_wav(wav)
+    video = make_video(work / f"clip-{len(sentences)}-{fps}fps.mp4", audio.size / rate, fps=fps, audio=wav)
+    return wav, video, " ".join(sentences)
+
+
+def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """One profile run in a fresh interpreter (clean RSS peak, clean CUDA allocator stats)."""
+    out = Path(spec["out"])
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--json", str(out), "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out.is_file():
+        tail = "\n".join(l for l in proc.stderr.strip().splitlines() if not l.startswith("warning:"))[-1500:]
+        raise RuntimeError(f"profile run {spec['streams']}x {spec['engine']} failed ({proc.returncode}): {tail}")
+    return json.loads(out.read_text())
+
+
+def worker_main(spec: dict[str, Any]) -> int:
+    from stream.config import load_config
+    from stream.profile import run_profile
+
+    cfg = load_config(spec["config"], spec["overrides"])
+    result = asyncio.run(run_profile(cfg, spec["source"], streams=spec["streams"], realtime=spec["realtime"],
+                                     duration=spec["duration"], shared=spec["engine"] == "shared"))
+    Path(spec["out"]).write_text(json.dumps(result.report), encoding="utf-8")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- sections
+def bench_clip(cfg: Any, budget_s: float) -> dict[str, Any]:
+    """Frames/s of the engine's image path (per-frame preprocess + one CLIP forward) per batch size.
+    Sizes alternate inside each round so that load changes hit all of them alike."""
+    import numpy as np
+
+    from models.factory import build_model
+    from stream.engine import ModelEngine
+
+    engine = ModelEngine(build_model(cfg), cfg.engine)
+    max_b = cfg.engine.max_batch
+    sizes = sorted({1, max_b, *[b for b in (2, 4, 8, 16, 32, 64) if b < max_b]})
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(max_b)]
+
+    def rate(b: int) -> float:
+        started = time.perf_counter()
+        for i in range(0, max_b, b):
+            engine._encode_images(frames[i:i + b])  # returns CPU tensors: a CUDA sync is included
+        return max_b / (time.perf_counter() - started)
+
+    for b in (1, max_b):
+        rate(b)  # warm-up: allocator, kernels, caches
+    fps: dict[int, list[float]] = {b: [] for b in sizes}
+    began, rounds = time.perf_counter(), 0
+    while rounds < 3 or (time.perf_counter() - began < budget_s and rounds < 50):
+        for b in (sizes if rounds % 2 == 0 else sizes[::-1]):
+            fps[b].append(rate(b))
+        rounds += 1
+    asyncio.run(engine.close())
+    med = {b: round(float(np.median(v)), 2) for b, v in fps.items()}
+    return {"model": f"{cfg.vision.model}/{cfg.vision.pretrained}", "device": str(engine.model.device),
+            "precision": str(engine.model.backbone.dtype).replace("torch.", ""), "frame": "320x240 RGB",
+            "rounds": rounds, "fps_by_batch": {str(b): v for b, v in med.items()}, "batch": max_b,
+            "batch1_fps": med[1], "batched_fps": med[max_b], "ratio": round(med[max_b] / med[1], 2)}
+
+
+def _row(mode: str, rep: dict[str, Any]) -> dict[str, Any]:
+    f2e = rep["stages"]["frame_to_estimate"]
+    return {"mode": mode, "streams": rep["streams"], "engine": rep["engine"], "frames_per_second": rep["frames_per_second"],
+            "realtime_factor": rep["realtime_factor"], "f2e_p50_ms": f2e["p50_ms"], "f2e_p95_ms": f2e["p95_ms"],
+            "frames_dropped": rep["frames_dropped"], "frames_processed": rep["frames_processed"],
+            "clip_mean_batch": rep["batching"]["clip_image"]["mean_batch"], "peak_rss_mb": rep["peak_rss_mb"],
+            "gpu_peak_mb": rep["gpu_peak_mb"], "wall_s": rep["wall_seconds"]}
+
+
+def bench_engine(base: dict[str, Any], video: Path, ns: list[int], modes: list[str], seconds: float, work: Path) -> dict[str, Any]:
+    rows, ratios = [], []
+    for mode in modes:
+        for n in ns:
+            order = ("shared", "per-stream") if n % 2 else ("per-stream", "shared")  # alternate who goes first
+            got = {}
+            for engine in order:
+                spec = base | {"source": str(video), "streams": n, "realtime": mode == "paced", "duration": seconds,
+                               "engine": engine, "out": str(work / f"run-{mode}-{n}-{engine}.json")}
+                print(f"  {mode} {n} stream(s), {engine} engine ...", file=sys.stderr, flush=True)
+                got[engine] = _row(mode, run_worker(spec))
+            rows += [got["shared"], got["per-stream"]]
+            s, p = got["shared"], got["per-stream"]
+            ratios.append({"mode": mode, "streams": n,
+                           "fps_shared_over_per_stream": _ratio(s["frames_per_second"], p["frames_per_second"]),
+                           "f2e_p95_per_stream_over_shared": _ratio(p["f2e_p95_ms"], s["f2e_p95_ms"]),
+                           "rss_per_stream_over_shared": _ratio(p["peak_rss_mb"], s["peak_rss_mb"])})
+    return {"media_seconds_per_stream": seconds, "rows": rows, "ratios": ratios}
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def bench_asr(cfg: Any, wav: Path, reference: str) -> dict[str, Any]:
+    import jiwer
+
+    from stream.asr import load_whisper
+    from stream.audio import SAMPLE_RATE, load_audio_16k
+    from stream.profile import run_profile
+
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+
+    def wer(hyp: str) -> float:
+        return round(float(jiwer.wer(reference, hyp, reference_transform=norm, hypothesis_transform=norm)), 4)
+
+    events: list[dict] = []
+    result = asyncio.run(run_profile(cfg, str(wav), streams=1, realtime=True, on_event=events.append))
+    streamed = " ".join(e["text"] for e in events if e["type"] == "transcript" and e["final"])
+    lag = result.stats.values("transcript_lag")
+    audio = load_audio_16k(wav)
+    duration = audio.size / SAMPLE_RATE
+    model = load_whisper(cfg.asr)  # the same (cached) model the streams used
+    began = time.perf_counter()
+    segments, _ = model.transcribe(audio, language=cfg.asr.language, beam_size=cfg.asr.beam_size, word_timestamps=True)
+    segments = list(segments)
+    took = time.perf_counter() - began
+    offline = " ".join(s.text.strip() for s in segments)
+    # Offline lag: record everything, then transcribe: a word is known (audio end - its end) + compute later.
+    off_lag = [duration - w.end + took for s in segments for w in (s.words or [])]
+    st = {"wer": wer(streamed), "lag_p50_ms": percentile_ms(lag, 50), "lag_p95_ms": percentile_ms(lag, 95),
+          "asr_pass_p95_ms": result.report["stages"]["asr"]["p95_ms"], "passes": result.report["stages"]["asr"]["count"],
+          "text": streamed}
+    off = {"wer": wer(offline), "transcribe_s": round(took, 2), "lag_p50_ms": percentile_ms(off_lag, 50),
+           "lag_p95_ms": percentile_ms(off_lag, 95), "text": offline}
+    return {"audio_seconds": round(duration, 2), "model": f"{cfg.asr.model}/{cfg.asr.compute_type}", "streaming": st,
+            "offline": off, "wer_delta": round(st["wer"] - off["wer"], 4),
+            "lag_p95_ratio_streaming_over_offline": _ratio(st["lag_p95_ms"], off["lag_p95_ms"])}
+
+
+def bench_gpu_streams(base: dict[str, Any], video: Path, seconds: float, work: Path) -> dict[str, Any]:
+    """Paced streams at the sampler rate, more and more, until frame_to_estimate p95 > 200 ms."""
+    rows, best = [], 0
+    for n in GPU_STREAMS:
+        spec = base | {"source": str(video), "streams": n, "realtime": True, "duration": seconds, "engine": "shared",
+                       "out": str(work / f"gpu-{n}.json")}
+        print(f"  paced {n} streams ...", file=sys.stderr, flush=True)
+        row = _row("paced", run_worker(spec))
+        kept = row["frames_processed"] + row["frames_dropped"]
+        row["ok"] = bool(row["f2e_p95_ms"] is not None and row["f2e_p95_ms"] <= GPU_P95_LIMIT_MS
+                         and row["frames_dropped"] <= 0.01 * max(1, kept))
+        rows.append(row)
+        if not row["ok"]:
+            break
+        best = n
+    return {"limit_p95_ms": GPU_P95_LIMIT_MS, "media_seconds_per_stream": seconds, "rows": rows, "max_streams_ok": best}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's CPU targets, where this run measured them (shared engine rows)."""
+    rows = {(r["mode"], r["streams"]): r for r in results.get("engine_sharing", {}).get("rows", []) if r["engine"] == "shared"}
+    out = []
+
+    def add(name: str, value: Optional[float], limit: float, higher: bool = False) -> None:
+        if value is not None:
+            out.append({"target": name, "value": value, "limit": limit, "ok": value >= limit if higher else value <= limit})
+
+    add("1 stream paced frame_to_estimate p95 (ms)", rows.get(("paced", 1), {}).get("f2e_p95_ms"), 500)
+    add("2 streams paced frame_to_estimate p95 (ms)", rows.get(("paced", 2), {}).get("f2e_p95_ms"), 1000)
+    add("1 stream file analysis realtime factor", rows.get(("fast", 1), {}).get("realtime_factor"), 2.0, higher=True)
+    add("1 stream paced transcript_lag p95 (ms)", results.get("asr", {}).get("streaming", {}).get("lag_p95_ms"), 2000)
+    return out
+
+
+# ------------------------------------------------------------------------------------- markdown
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))  # noqa: E731
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [f"Machine: {m['gpu'] or m['cpu']} ({m['cpu_count']} CPUs), torch {m['torch']}, {m['torch_threads']} threads; "
+             f"load average {m['loadavg_start']} -> {m.get('loadavg_end')}; git {m['git']}; {m['date']}.",
+             f"Command: `{res['command']}`", ""]
+    if "clip_batching" in res:
+        c = res["clip_batching"]
+        lines += [f"CLIP image throughput ({c['model']}, {c['device']}/{c['precision']}, {c['frame']} frames, "
+                  f"median of {c['rounds']} interleaved rounds):", ""]
+        lines += _table(["batch", "frames/s"], [[b, v] for b, v in c["fps_by_batch"].items()])
+        lines += ["", f"Batched ({c['batch']}) / batch-1: **{c['ratio']}x**.", ""]
+    if "engine_sharing" in res:
+        e = res["engine_sharing"]
+        lines += [f"Shared engine vs one model per stream ({e['media_seconds_per_stream']} s of media per stream; "
+                  "fast = as fast as possible, paced = native rate, live semantics):", ""]
+        lines += _table(["mode", "streams", "engine", "frames/s", "realtime x", "f2e p50 ms", "f2e p95 ms", "dropped",
+                         "mean CLIP batch", "peak RSS MB"],
+                        [[r["mode"], r["streams"], r["engine"], r["frames_per_second"], r["realtime_factor"], r["f2e_p50_ms"],
+                          r["f2e_p95_ms"], r["frames_dropped"], r["clip_mean_batch"], r["peak_rss_mb"]] for r in e["rows"]])
+        lines += ["", "Ratios:", ""]
+        lines += _table(["mode", "streams", "frames/s shared / per-stream", "f2e p95 per-stream / shared", "RSS per-stream / shared"],
+                        [[r["mode"], r["streams"], r["fps_shared_over_per_stream"], r["f2e_p95_per_stream_over_shared"],
+                          r["rss_per_stream_over_shared"]] for r in e["ratios"]])
+        lines.append("")
+    if "asr" in res:
+        a = res["asr"]
+        lines += [f"Streaming vs offline transcription ({a['audio_seconds']} s espeak-ng speech, {a['model']}):", ""]
+        lines += _table(["", "WER", "lag p50 ms", "lag p95 ms", "notes"],
+                        [["streaming (paced, LocalAgreement)", a["streaming"]["wer"], a["streaming"]["lag_p50_ms"],
+                          a["streaming"]["lag_p95_ms"], f"{a['streaming']['passes']} passes, pass p95 {a['streaming']['asr_pass_p95_ms']} ms"],
+                         ["offline (whole file, then transcribe)", a["offline"]["wer"], a["offline"]["lag_p50_ms"],
+                          a["offline"]["lag_p95_ms"], f"transcribe {a['offline']['transcribe_s']} s"]])
+        lines.append("")
+    if "gpu_streams" in res:
+        g = res["gpu_streams"]
+        lines += [f"Paced streams per GPU (limit: frame_to_estimate p95 <= {g['limit_p95_ms']} ms, drops <= 1 %): "
+                  f"**{g['max_streams_ok']}**", ""]
+        lines += _table(["streams", "frames/s", "f2e p50 ms", "f2e p95 ms", "dropped", "mean CLIP batch", "GPU peak MB", "ok"],
+                        [[r["streams"], r["frames_per_second"], r["f2e_p50_ms"], r["f2e_p95_ms"], r["frames_dropped"],
+                          r["clip_mean_batch"], r["gpu_peak_mb"], r["ok"]] for r in g["rows"]])
+        lines.append("")
+    if res.get("targets"):
+        lines += ["Targets:", ""] + _table(["target", "value", "limit", "ok"], [[t["target"], t["value"], t["limit"], t["ok"]] for t in res["targets"]])
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- main
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(json.loads(args.worker))
+    import torch
+
+    if args.cuda and not torch.cuda.is_available():
+        return fail("--cuda needs a CUDA GPU visible to torch, and torch.cuda.is_available() is False here "
+                    "(no NVIDIA GPU/driver, or a CPU-only torch build); run the CPU benchmark without --cuda")
+    from stream.config import ConfigError, load_config
+    from stream.errors import UserError
+
+    config = args.config or str(ROOT / "configs" / ("gpu.yaml" if args.cuda else "default.yaml"))
+    overrides = ["vision.pretrained=random", *args.overrides]
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        return fail(str(exc))
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    ns = [int(x) for x in (args.streams or ("1,2" if args.quick else "1,2,4")).split(",")]
+    modes = [x.strip() for x in (args.modes or ("fast" if args.quick else "fast,paced")).split(",")]
+    seconds = args.engine_seconds or (4.0 if args.quick else 20.0)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="sentistream-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {"command": " ".join(["python scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+                           "machine": machine_info(), "config": config, "overrides": overrides}
+    base = {"config": config, "overrides": overrides}
+    try:
+        wav, video, reference = make_media(work, args.quick, fps=int(cfg.sampler.fps) if args.cuda else 15)
+        if "clip" not in skip:
+            print("CLIP batching ...", file=sys.stderr, flush=True)
+            res["clip_batching"] = bench_clip(cfg, 2.0 if args.quick else 20.0)
+        if "engine" not in skip and not args.cuda:
+            print("shared engine vs one model per stream ...", file=sys.stderr, flush=True)
+            res["engine_sharing"] = bench_engine(base, video, ns, modes, seconds, work)
+        if "gpu_streams" not in skip and args.cuda:
+            print("streams per GPU ...", file=sys.stderr, flush=True)
+            res["gpu_streams"] = bench_gpu_streams(base, video, args.engine_seconds or 20.0, work)
+        if "asr" not in skip and cfg.asr.enabled:
+            print("streaming vs offline transcription ...", file=sys.stderr, flush=True)
+            res["asr"] = bench_asr(cfg, wav, reference)
+    except (UserError, RuntimeError) as exc:
+        return fail(str(exc))
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    res["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["targets"] = targets(res) if not args.cuda else []
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    md = Path(args.markdown) if args.markdown else out.with_suffix(".md")
+    md.write_text(markdown(res), encoding="utf-8")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""`sentistream profile` on a short generated clip with the tiny CLIP, and the bench script."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from media import make_speech_clip, make_video, require_tools
+from stream.cli import main as cli_main
+from stream.config import load_config
+from stream.profile import STAGES, run_profile
+
+ROOT = Path(__file__).parent.parent
+TINY = ROOT / "configs" / "tiny-test.yaml"
+REQUIRED = ("stages", "realtime_factor", "frames_in", "frames_dropped", "streams", "device", "peak_rss_mb",
+            "gpu_peak_mb", "drift")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """4 s of 320x240 video at 15 fps with one spoken sentence (so asr/transcript_lag have samples)."""
+    require_tools("espeak-ng", "ffmpeg")
+    d = tmp_path_factory.mktemp("profile")
+    wav, _ = make_speech_clip(["The weather is lovely today and the sun is shining."], 0.4, d / "speech.wav", wpm=170)
+    return make_video(d / "clip.mp4", 4.0, audio=wav)
+
+
+def video_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_profile_two_streams_json_table_plot(clip, tmp_path, capsys):
+    out, png = tmp_path / "report.json", tmp_path / "hist.png"
+    code = cli_main(["profile", "--source", str(clip), "--streams", "2", "--config", str(TINY),
+                     "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for key in REQUIRED:
+        assert key in report, key
+    assert report["streams"] == 2 and report["mode"] == "file"
+    for stage in STAGES:
+        row = report["stages"][stage]
+        assert row["count"] > 0, (stage, row)
+        assert 0 <= row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"], (stage, row)
+    # Every stream decodes the whole file: frames_in is exactly twice one stream's frame count.
+    assert report["frames_in"] == 2 * video_frames(clip)
+    assert [s["frames_in"] for s in report["per_stream"]] == [video_frames(clip)] * 2
+    assert report["stages"]["decode"]["count"] == report["frames_in"]
+    assert report["frames_dropped"] == 0  # files apply back-pressure, never drop
+    assert report["realtime_factor"] > 0 and report["peak_rss_mb"] > 50
+    assert report["gpu_peak_mb"] is None and report["device"]
+    assert report["drift"] and report["drift"][0]["minute"] == 1 and report["drift"][0]["p95_ms"] > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    lines = table.strip().splitlines()
+    assert lines[0].split()[:2] == ["stage", "count"] and len(lines) >= 1 + len(STAGES)
+    assert not any(line.startswith("{") for line in lines)  # stdout is the table only
+
+
+def test_engine_batches_across_streams(clip):
+    """4 paced streams share one engine: their frames arrive together and go through CLIP as one
+    batch. Paced, each stream submits one frame per 0.5 s, so a batch > 1 holds several streams."""
+    cfg = load_config(TINY, ["engine.max_wait_ms=30", "asr.enabled=false"])
+    result = asyncio.run(run_profile(cfg, str(clip), streams=4, realtime=True, duration=1.6))
+    (runtime,) = result.runtimes
+    sizes = runtime.engine.images.batch_sizes
+    assert max(sizes) > 1, sizes
+    assert result.report["batching"]["clip_image"]["max_batch"] == max(sizes)
+    assert result.report["mode"] == "paced"
+    # --duration stops each source: ~1.6 s of 15 fps media per stream, not the whole 4 s.
+    assert all(20 <= s["frames_in"] <= 26 for s in result.report["per_stream"]), result.report["per_stream"]
+
+
+def test_bad_arguments_are_user_errors(clip, capsys):
+    assert cli_main(["profile", "--source", str(clip), "--streams", "0", "--config", str(TINY)]) == 2
+    assert "--streams" in capsys.readouterr().err
+    assert cli_main(["profile", "--source", str(clip), "--duration", "-1", "--config", str(TINY)]) == 2
+    assert cli_main(["profile", "--source", "/nonexistent.mp4", "--config", str(TINY)]) == 2
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    require_tools("espeak-ng", "ffmpeg")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--config", str(TINY),
+                           "--json", str(out)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    clip_b = data["clip_batching"]
+    assert clip_b["batch1_fps"] > 0 and clip_b["batched_fps"] > 0 and clip_b["ratio"] > 0
+    rows = data["engine_sharing"]["rows"]
+    assert {r["streams"] for r in rows} == {1, 2} and {r["engine"] for r in rows} == {"shared", "per-stream"}
+    assert all(r["frames_per_second"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    asr = data["asr"]
+    assert 0 <= asr["streaming"]["wer"] <= 1 and 0 <= asr["offline"]["wer"] <= 1
+    assert asr["streaming"]["lag_p95_ms"] > 0
+    md = out.with_suffix(".md").read_text()
+    assert "| streams |" in md and "WER" in md
+
+
+def test_bench_cuda_fails_clearly_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--cuda", "--json", str(tmp_path / "g.json")],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "CUDA" in proc.stderr and "GPU" in proc.stderr
+    assert not (tmp_path / "g.json").exists()
