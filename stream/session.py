@@ -277,7 +277,8 @@ class StreamSession:
         last = time.perf_counter() - hop
         seen = self.frames_processed
         while not (self.video_done and self.audio_done):
-            deadline = last + hop
+            # With video, frames pace the estimates; the timer is only a fallback for stalls.
+            deadline = last + (hop * 2 if not self.video_done else hop)
             while self.frames_processed == seen and not (self.video_done and self.audio_done):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
