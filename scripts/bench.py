@@ -35,16 +35,6 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package from a checkout; tests/media.py makes the clip
 
-SENTENCES = [  # the same ~40 s script as tests/test_asr.py (espeak-ng, 150 wpm, 1 s pauses)
-    "The weather is lovely today, and the sun is shining over the quiet little town.",
-    "I went to the market this morning to buy some fresh bread and a bag of apples.",
-    "My brother likes to play football with his friends after school on Fridays.",
-    "We should finish the report before the meeting starts in the afternoon.",
-    "The train was late again this morning, so everybody arrived at work tired.",
-    "She opened the window and listened to the birds singing in the garden.",
-    "This coffee tastes much better than the one we had yesterday at the station.",
-    "Please remember to lock the door and turn off the lights when you leave.",
-]
 GPU_P95_LIMIT_MS = 200.0
 GPU_STREAMS = (8, 16, 32, 48, 64, 80, 96, 128, 160, 192, 256)
 
@@ -95,12 +85,12 @@ def machine_info() -> dict[str, Any]:
 
 def make_media(work: Path, quick: bool, fps: int) -> tuple[Path, Path, str]:
     """(speech WAV, video with that speech, reference text)."""
-    from media import make_speech_clip, make_video, read_wav
+    from media import SPEECH_SCRIPT, make_speech_clip, make_video, read_wav
 
     missing = [t for t in ("espeak-ng", "ffmpeg") if shutil.which(t) is None]
     if missing:
         raise SystemExit(fail(f"needs {', '.join(missing)} on PATH (make apt)"))
-    sentences = SENTENCES[:2] if quick else SENTENCES
+    sentences = list(SPEECH_SCRIPT[:2] if quick else SPEECH_SCRIPT)
     wav, _ = make_speech_clip(sentences, 1.0, work / f"speech-{len(sentences)}.wav", wpm=150)
     audio, rate = read_wav(wav)
     video = make_video(work / f"clip-{len(sentences)}-{fps}fps.mp4", audio.size / rate, fps=fps, audio=wav)

@@ -6,8 +6,7 @@ import asyncio
 import os
 import sys
 import threading
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from .config import AppConfig
 from .errors import UserError

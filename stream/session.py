@@ -17,7 +17,6 @@ from typing import Any, Callable, Optional
 from models.inference import WindowInput
 
 from .asr import StreamingTranscriber, TranscriptUpdate
-from .config import AppConfig
 from .events import make_event
 from .runtime import Runtime
 from .sources import AudioChunk, FrameSampler, LatestQueue, VideoFrame

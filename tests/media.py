@@ -18,6 +18,19 @@ import numpy as np
 ESPEAK_RATE = 22050  # espeak-ng's native output rate
 
 
+# A ~40 s neutral script (8 sentences) shared by the ASR tests and the benchmark.
+SPEECH_SCRIPT: tuple[str, ...] = (
+    "The weather is lovely today, and the sun is shining over the quiet little town.",
+    "I went to the market this morning to buy some fresh bread and a bag of apples.",
+    "My brother likes to play football with his friends after school on Fridays.",
+    "We should finish the report before the meeting starts in the afternoon.",
+    "The train was late again this morning, so everybody arrived at work tired.",
+    "She opened the window and listened to the birds singing in the garden.",
+    "This coffee tastes much better than the one we had yesterday at the station.",
+    "Please remember to lock the door and turn off the lights when you leave.",
+)
+
+
 def require_tools(*names: str) -> None:
     """Skip the calling test when a Debian tool is missing (`make apt` installs them)."""
     import pytest

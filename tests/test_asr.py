@@ -11,22 +11,14 @@ import jiwer
 import numpy as np
 import pytest
 
-from media import make_speech_clip, make_video, require_tools
+from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools
+
+SENTENCES = list(SPEECH_SCRIPT)
 from stream.asr import StreamingTranscriber, TranscriptUpdate, load_whisper, normalize
 from stream.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.config import AsrConfig
 from stream.errors import UserError
 
-SENTENCES = [
-    "The weather is lovely today, and the sun is shining over the quiet little town.",
-    "I went to the market this morning to buy some fresh bread and a bag of apples.",
-    "My brother likes to play football with his friends after school on Fridays.",
-    "We should finish the report before the meeting starts in the afternoon.",
-    "The train was late again this morning, so everybody arrived at work tired.",
-    "She opened the window and listened to the birds singing in the garden.",
-    "This coffee tastes much better than the one we had yesterday at the station.",
-    "Please remember to lock the door and turn off the lights when you leave.",
-]
 FEED_SECONDS = 0.5
 # The full 43 s clip streams in ~20 s of CPU on 2 cores (~45 Whisper passes): > 30 s wall here.
 slow = pytest.mark.slow
