@@ -6,13 +6,15 @@ factory does: a hub tag, a local checkpoint file or directory, or the literal ``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import open_clip
@@ -24,7 +26,10 @@ from stream.errors import UserError
 
 log = logging.getLogger(__name__)
 # open_clip warns through the root logger when it builds random weights; we say so ourselves.
-logging.getLogger().addFilter(lambda rec: "No pretrained weights loaded" not in rec.getMessage())
+# It also logs download failures as errors; we raise one clear line instead.
+logging.getLogger().addFilter(
+    lambda rec: not any(m in rec.getMessage() for m in ("No pretrained weights loaded", "Failed to download weights"))
+)
 
 RANDOM = "random"
 _register_lock = threading.Lock()
@@ -93,16 +98,48 @@ def _create(cfg: VisionConfig, device: torch.device) -> tuple[torch.nn.Module, s
         raise UserError(f"unknown pretrained tag '{pretrained}' for {cfg.model} (known: {tags}; or a local file/dir, or 'random')")
     if cfg.model not in open_clip.list_models():
         raise UserError(f"unknown CLIP model '{cfg.model}' (see open_clip.list_models(), or give vision.arch)")
+    online = local.is_file() or _hub_reachable()
     try:
-        model = open_clip.create_model(cfg.model, pretrained=str(local) if local.is_file() else pretrained, **kwargs)
+        with _hub_offline(not online):
+            model = open_clip.create_model(cfg.model, pretrained=str(local) if local.is_file() else pretrained, **kwargs)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        reason = "the hub is unreachable (offline?) and they are not cached" if not online else _short(exc)
         raise WeightsUnavailable(
-            f"CLIP weights '{cfg.model}/{pretrained}' could not be loaded ({reason}). Either go online once so "
-            f"open_clip can download and cache them, or pass a local file/dir with --set vision.pretrained=/path; "
-            f"for latency work only, --set vision.pretrained=random"
+            f"CLIP weights '{cfg.model}/{pretrained}' could not be loaded: {reason}. Either go online once so "
+            f"open_clip downloads and caches them, or pass a local file/dir with --set vision.pretrained=/path "
+            f"(for latency work only: --set vision.pretrained=random)"
         ) from None
     return model, "pretrained"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 140 else text[:137] + "..."
+
+
+def _hub_reachable(host: str = "huggingface.co") -> bool:
+    """DNS only: fails at once offline, where the hub client would retry for half a minute."""
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Offline mode for the hub client: a cached copy still loads, a missing one fails fast."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    before = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = before
 
 
 @dataclass
