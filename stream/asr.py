@@ -69,8 +69,11 @@ def _one_line(exc: BaseException) -> str:
     return first[:160]
 
 
-def load_whisper(cfg: AsrConfig) -> "WhisperModel":
-    """The process-wide WhisperModel for this config (loaded once, shared by every stream)."""
+def load_whisper(cfg: AsrConfig, shared: bool = True) -> "WhisperModel":
+    """The process-wide WhisperModel for this config (loaded once, shared by every stream).
+    `shared=False` loads a private copy (the one-model-per-stream benchmark baseline)."""
+    if not shared:
+        return _build_model(cfg)
     key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
     with _MODELS_LOCK:  # held while loading so two streams never load the same model twice
         model = _MODELS.get(key)

@@ -16,7 +16,6 @@ import math
 import os
 import resource
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,35 +52,12 @@ class TimedStats(LatencyStats):
             self.stamped.append((time.perf_counter() - self.origin, seconds))
 
 
-class _PacingMeter(threading.Event):
-    """Drop-in for AvSource's stop event that sums the time spent sleeping to pace a file, so the
-    decode stage of a --realtime run excludes the deliberate waits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waited = 0.0
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        started = time.perf_counter()
-        try:
-            return super().wait(timeout)
-        finally:
-            self.waited += time.perf_counter() - started
+def _paced(source: MediaSource) -> float:
+    # AvSource counts the time it sleeps to pace a --realtime file; other sources never sleep.
+    return float(getattr(source, "paced_seconds", 0.0))
 
 
-def _meter_pacing(source: MediaSource) -> Optional[_PacingMeter]:
-    # AvSource paces with `self._stop.wait(delay)`; swapping in a subclass before frames() starts is
-    # the only way to see those sleeps without changing sources.py. None: not an AvSource.
-    stop = getattr(source, "_stop", None)
-    if not isinstance(stop, threading.Event) or stop.is_set():
-        return None
-    meter = _PacingMeter()
-    source._stop = meter  # type: ignore[attr-defined]
-    return meter
-
-
-def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[float],
-                 meter: Optional[_PacingMeter] = None) -> Iterator[MediaItem]:
+def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[float]) -> Iterator[MediaItem]:
     """source.frames(), recording "decode" per video frame and stopping after `duration` media s.
 
     "decode" is the wall time spent inside the generator for the call that produced the frame
@@ -91,7 +67,7 @@ def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[fl
     frames = source.frames()
     try:
         while True:
-            waited = meter.waited if meter is not None else 0.0
+            waited = _paced(source)
             started = time.perf_counter()
             try:
                 item = next(frames)
@@ -100,7 +76,7 @@ def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[fl
             if duration is not None and item.t >= duration:
                 return  # before recording: one decode sample per frame that entered the pipeline
             if isinstance(item, VideoFrame):
-                paced = (meter.waited - waited) if meter is not None else 0.0
+                paced = _paced(source) - waited
                 stats.add("decode", max(0.0, time.perf_counter() - started - paced))
             yield item
     finally:
@@ -108,13 +84,13 @@ def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[fl
 
 
 async def _pump(source: MediaSource, session: StreamSession, pool: concurrent.futures.Executor,
-                duration: Optional[float], meter: Optional[_PacingMeter]) -> None:
+                duration: Optional[float]) -> None:
     """Like run_command.pump, on a dedicated thread per stream (the default executor has only
     cpu_count + 4 threads: 64 streams would starve it)."""
     loop = asyncio.get_running_loop()
 
     def produce() -> None:
-        for item in timed_frames(source, session.stats, duration, meter):
+        for item in timed_frames(source, session.stats, duration):
             asyncio.run_coroutine_threadsafe(session.push(item), loop).result()
 
     try:
@@ -127,13 +103,13 @@ def private_runtime(cfg: AppConfig, need_asr: bool) -> Runtime:
     """One-model-per-stream baseline for benchmarks: its own CLIP, engine thread and Whisper."""
     from models.factory import build_model
 
-    from .asr import _build_model  # bypasses load_whisper's process-wide cache on purpose
+    from .asr import load_whisper
 
     stats = LatencyStats()
     engine = ModelEngine(build_model(cfg), cfg.engine, stats)
     whisper, pool = None, None
     if need_asr and cfg.asr.enabled:
-        whisper = _build_model(cfg.asr)
+        whisper = load_whisper(cfg.asr, shared=False)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
     return Runtime(cfg, engine, whisper, pool, stats)
 
@@ -175,9 +151,6 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
             _warn(RANDOM_WEIGHTS_WARNING)
         if not info.has_audio:
             _warn(f"{info.description} has no audio track: no asr / transcript_lag samples")
-        meters = [_meter_pacing(s) for s in sources]
-        if realtime and any(m is None for m in meters):
-            _warn("cannot separate pacing sleeps from decoding for this source: 'decode' includes them")
         origin = time.perf_counter()
         emit = on_event or (lambda event: None)
         sessions = [StreamSession(str(i), runtimes[i if not shared else 0], emit, live=info.live,
@@ -185,7 +158,7 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
         for s in sessions:
             s.stats = TimedStats(origin)
         runners = [asyncio.create_task(s.run(), name=f"profile-{s.name}") for s in sessions]
-        pumps = [_pump(src, s, pool, duration, m) for src, s, m in zip(sources, sessions, meters)]
+        pumps = [_pump(src, s, pool, duration) for src, s in zip(sources, sessions)]
         try:
             for i, res in enumerate(await asyncio.gather(*pumps, return_exceptions=True)):
                 if isinstance(res, UserError):  # e.g. a truncated file: keep what was analysed

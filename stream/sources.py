@@ -161,6 +161,7 @@ class AvSource(MediaSource):
         self._audio: Any = None
         self._t0: Optional[float] = None
         self._stop = threading.Event()
+        self.paced_seconds = 0.0  # wall time slept to pace a file (--realtime): not decode work
         self._lock = threading.Lock()
         self._running = False
         self.decode_errors = 0  # damaged packets skipped (live streams keep going past them)
@@ -260,7 +261,11 @@ class AvSource(MediaSource):
             if start_wall is None:
                 start_wall = now - t
             delay = start_wall + t - now
-            return not (self._stop.wait(delay) if delay > 0 else self._stop.is_set())
+            if delay <= 0:
+                return not self._stop.is_set()
+            stopped = self._stop.wait(delay)
+            self.paced_seconds += time.perf_counter() - now
+            return not stopped
 
         try:
             for packet in self._container.demux(*streams):
