@@ -1,0 +1,101 @@
+"""The shared engine: micro-batching across callers, failure isolation, windows, compile switch."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from models.inference import WindowInput
+from stream.asr import Word
+from stream.engine import MicroBatcher, ModelEngine
+from stream.windows import FrameWindow, TranscriptWindow
+
+
+@pytest.fixture
+def pool():
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    yield ex
+    ex.shutdown()
+
+
+async def test_batcher_groups_concurrent_requests_up_to_max_batch(pool):
+    seen: list[int] = []
+
+    def double(items: list[int]) -> list[int]:
+        seen.append(len(items))
+        return [2 * x for x in items]
+
+    batcher = MicroBatcher("t", double, pool, max_batch=4, max_wait_ms=50)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert results == [2 * i for i in range(10)]  # each caller gets its own answer, in order
+    assert max(seen) == 4 and sum(seen) == 10 and len(seen) == 3
+    await batcher.close()
+
+
+async def test_batcher_failure_reaches_every_waiter_and_it_keeps_serving(pool):
+    def flaky(items: list[int]) -> list[int]:
+        if any(x < 0 for x in items):
+            raise ValueError("bad item")
+        return items
+
+    batcher = MicroBatcher("t", flaky, pool, max_batch=8, max_wait_ms=20)
+    outcomes = await asyncio.gather(batcher.submit(1), batcher.submit(-1), return_exceptions=True)
+    assert all(isinstance(o, ValueError) for o in outcomes)
+    assert await batcher.submit(5) == 5  # the worker survived
+    await batcher.close()
+
+
+def test_frame_window_cuts_at_its_end_and_bounds_memory():
+    w = FrameWindow(seconds=2.0, max_frames=3, retain=10)
+    for i in range(20):
+        w.add(i * 0.5, torch.full((4,), float(i)), wall=0.0)
+    assert len(w) == 10  # retain bounds memory however far ahead features run
+    snap = w.snapshot(end=8.0)  # frames at 6.5, 7.0, 7.5, 8.0 are inside (6, 8]; newest 3 kept
+    assert [e.t for e in snap.entries] == [7.0, 7.5, 8.0]
+    assert snap.ages.tolist() == [1.0, 0.5, 0.0]
+    assert w.snapshot(end=100.0).entries == []
+
+
+def test_transcript_window_keeps_recent_words_and_replaces_partials():
+    w = TranscriptWindow(seconds=3.0)
+    w.add_final([Word(0.0, 0.4, "old"), Word(5.0, 5.4, "hello")])
+    w.set_partial([Word(5.5, 5.9, "wor")])
+    assert w.text(6.0) == ("hello wor", 2)
+    w.add_final([Word(5.5, 6.0, "world")])  # a commit replaces the partial
+    assert w.text(6.0) == ("hello world", 2)
+    assert w.text(4.0) == ("", 0)
+
+
+async def test_engine_estimates_match_across_batch_sizes(tiny_model, tiny_cfg):
+    engine = ModelEngine(tiny_model, tiny_cfg.engine)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    feats = await asyncio.gather(*(engine.encode_frame(f) for f in frames))
+    alone = await engine.encode_frame(frames[1])
+    assert torch.allclose(alone, feats[1], atol=1e-5)  # batching does not change a frame's features
+    window = WindowInput(torch.stack(feats), torch.tensor([1.0, 0.5, 0.0]), "what a lovely day", 4)
+    together = await asyncio.gather(engine.estimate(window), engine.estimate(WindowInput(torch.zeros(0, 64), torch.zeros(0), "", 0)))
+    single = await engine.estimate(window)
+    assert together[0].probs == pytest.approx(single.probs, abs=1e-5)
+    assert together[1].modalities["image"]["weight"] == 0 and together[1].modalities["text"]["weight"] == 0
+    assert engine.fusion.batch_sizes[2] >= 1  # the two concurrent windows went through as one batch
+    await engine.close()
+
+
+@pytest.mark.slow
+async def test_compile_switch_gives_the_same_estimates(tiny_model, tiny_cfg):
+    eager = ModelEngine(tiny_model, tiny_cfg.engine)
+    compiled_model = copy.deepcopy(tiny_model)
+    compiled = ModelEngine(compiled_model, tiny_cfg.engine.model_copy(update={"compile": True}))
+    frame = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    a, b = await eager.encode_frame(frame), await compiled.encode_frame(frame)
+    assert torch.allclose(a, b, atol=1e-4)
+    window = WindowInput(a.unsqueeze(0), torch.zeros(1), "terrible news", 2)
+    ea, eb = await eager.estimate(window), await compiled.estimate(window)
+    assert ea.probs == pytest.approx(eb.probs, abs=1e-4)
+    await eager.close()
+    await compiled.close()
