@@ -186,7 +186,8 @@ class ModelEngine:
         backbone = self.model.backbone
         with torch.inference_mode():
             batch = torch.cat([backbone.preprocess(torch.from_numpy(np.ascontiguousarray(f)).unsqueeze(0)) for f in frames])
-            feats = backbone.clip.encode_image(batch).float().cpu()
+            # Features stay on the model's device: windows and fusion use them there (GPU-resident).
+            feats = backbone.clip.encode_image(batch).float()
         return list(feats)
 
     def _fuse(self, requests: list[FusionRequest]) -> list[Estimate]:
