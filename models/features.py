@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from stream.config import AppConfig
 from stream.errors import UserError
-from stream.sources import FrameSampler, media_t0
+from stream.flow import FrameSampler
+from stream.sources import media_t0
 
 from .backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
 from .data import Dataset, Sample

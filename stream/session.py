@@ -19,7 +19,8 @@ from models.inference import WindowInput
 from .asr import StreamingTranscriber, TranscriptUpdate
 from .events import make_event
 from .runtime import Runtime
-from .sources import AudioChunk, FrameSampler, LatestQueue, VideoFrame
+from .flow import FrameSampler, LatestQueue
+from .sources import AudioChunk, VideoFrame
 from .stats import LatencyStats
 from .windows import FrameWindow, TranscriptWindow
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from stream.errors import UserError
-from stream.sources import AudioChunk, FrameSampler, LatestQueue, VideoFrame, open_source
+from stream.flow import FrameSampler, LatestQueue
+from stream.sources import AudioChunk, VideoFrame, open_source
 from tests.media import make_video, require_tools, write_wav
 
 SECONDS = 2.0
