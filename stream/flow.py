@@ -75,6 +75,12 @@ class LatestQueue:
             await self._event.wait()
         return self._items.popleft()
 
+    def get_nowait(self) -> Any:
+        """The oldest item, `CLOSED` once closed and drained, or None when empty."""
+        if self._items:
+            return self._items.popleft()
+        return LatestQueue.CLOSED if self.closed else None
+
     def qsize(self) -> int:
         return len(self._items)
 

@@ -28,13 +28,6 @@ log = logging.getLogger(__name__)
 _CLOSED = LatestQueue.CLOSED
 
 
-class _LiveQueue(LatestQueue):
-    def get_nowait(self) -> Any:
-        if self._items:
-            return self._items.popleft()
-        return _CLOSED if self.closed else None
-
-
 class _FileQueue:
     """Blocking bounded queue for files: back-pressure instead of drops."""
 
@@ -45,8 +38,12 @@ class _FileQueue:
     async def put(self, item: Any) -> None:
         await self._q.put(item)
 
-    def close_nowait(self) -> None:
-        self._q.put_nowait(_CLOSED) if not self._q.full() else asyncio.ensure_future(self._q.put(_CLOSED))
+    def close(self) -> None:
+        """Queue the end marker after everything already queued (waits for room if full)."""
+        if self._q.full():
+            asyncio.ensure_future(self._q.put(_CLOSED))
+        else:
+            self._q.put_nowait(_CLOSED)
 
     async def get(self) -> Any:
         return await self._q.get()
@@ -74,8 +71,8 @@ class StreamSession:
         self.transcriber = StreamingTranscriber(runtime.whisper, asr_cfg) if self.has_audio else None
         audio_chunks = max(8, int(cfg.pipeline.audio_queue_seconds / 0.02))
         if live:
-            self.video_q: Any = _LiveQueue(cfg.pipeline.video_queue)
-            self.audio_q: Any = _LiveQueue(audio_chunks)
+            self.video_q: Any = LatestQueue(cfg.pipeline.video_queue)
+            self.audio_q: Any = LatestQueue(audio_chunks)
         else:
             self.video_q = _FileQueue(cfg.pipeline.video_queue)
             self.audio_q = _FileQueue(64)
@@ -132,8 +129,8 @@ class StreamSession:
         if self.input_ended:
             return
         self.input_ended = True
-        for q in (self.video_q, self.audio_q):
-            q.close() if self.live else q.close_nowait()
+        self.video_q.close()
+        self.audio_q.close()
 
     # ------------------------------------------------------------------ workers
     async def _video_worker(self) -> None:

@@ -204,3 +204,22 @@ def test_truncated_file_keeps_valid_events_and_fails_clearly(media, tmp_path):
     _assert_clean_error(res, "truncated.mp4")
     events = read_events(out)  # every line is valid JSON
     assert events[-1]["type"] == "summary"
+
+
+def test_realtime_paces_the_file_with_live_semantics(media, tmp_path):
+    import time
+
+    clip = make_video(tmp_path / "paced.mp4", 4.0, audio=media["wav"])
+    out = tmp_path / "events.jsonl"
+    started = time.perf_counter()
+    res = run_cli("--source", str(clip), "--config", TINY, "--output", str(out), "--realtime")
+    assert res.returncode == 0, res.stderr
+    assert time.perf_counter() - started >= 3.6  # paced at native rate, not as fast as possible
+    events = read_events(out)
+    sentiments = [e for e in events if e["type"] == "sentiment"]
+    times = [e["t"] for e in sentiments]
+    # Live: estimates follow the frames (2 frames/s), media time only moves forward.
+    assert len(sentiments) >= 6 and times == sorted(times) and len(set(times)) == len(times)
+    summary = events[-1]
+    assert summary["type"] == "summary" and summary["frames_processed"] + summary["frames_dropped"] >= 7
+    assert summary["latency"]["frame_to_estimate"]["count"] >= 6
