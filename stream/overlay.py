@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from stream.errors import UserError
-from stream.sources import check_local_file, describe_open_error, media_t0
+from stream.sources import URL_RE, URL_TIMEOUT, check_local_file, describe_open_error, media_t0
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 # RGB colours (frames are RGB throughout the pipeline).
@@ -316,11 +316,13 @@ def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str)
         ((float(e.get("t_end", e.get("t", 0.0))) if e.get("type") == "transcript" else float(e.get("t", 0.0)), i, e)
          for i, e in enumerate(evs) if e.get("type") in ("sentiment", "transcript")),
         key=lambda x: (x[0], x[1]))
-    check_local_file(source_path)
+    is_url = bool(URL_RE.match(str(source_path)))
+    if not is_url:
+        check_local_file(source_path)
     try:
-        src = av.open(str(source_path))
+        src = av.open(str(source_path), timeout=URL_TIMEOUT) if is_url else av.open(str(source_path))
     except Exception as exc:
-        raise UserError(describe_open_error(str(source_path), exc, is_url=False)) from None
+        raise UserError(describe_open_error(str(source_path), exc, is_url=is_url)) from None
     with src:
         if not src.streams.video:
             raise UserError(f"{source_path} has no video stream to draw the overlay on")

@@ -357,4 +357,6 @@ def main(cfg: AppConfig, args: argparse.Namespace) -> int:
             plot_histograms(result.stats, args.plot, title)
         except OSError as exc:
             raise UserError(f"cannot write the plot to {args.plot}: {exc.strerror}") from None
+        except ValueError as exc:  # matplotlib: unknown image format from the file name
+            raise UserError(f"cannot write the plot to {args.plot}: {exc} (use .png)") from None
     return 2 if report["errors"] else 0

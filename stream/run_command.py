@@ -114,6 +114,9 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     source = open_source(args.source, realtime=args.realtime)
     info = source.open()  # bad input fails here, before any model is loaded
     show = bool(getattr(args, "show", False))
+    if show and not info.live:
+        print("warning: --show needs a live source; for files add --realtime (continuing without a window)", file=sys.stderr)
+        show = False
     if show:
         ok, why = display_available()
         if not ok:
@@ -141,6 +144,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
             _warn(sink, stream_name, f"{info.description} has no video track: text-only estimates (image weight 0)")
         session = StreamSession(stream_name, runtime, sink.emit, live=info.live, has_video=info.has_video, has_audio=info.has_audio)
         runner = asyncio.create_task(session.run())
+        runner.add_done_callback(lambda _: source.close())  # analysis over (or failed): stop decoding
         try:
             await pump(source, session, live_overlay)
         except UserError as exc:  # e.g. truncated file: keep what was analysed, say what broke

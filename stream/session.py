@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from models.inference import WindowInput
 
 from .asr import StreamingTranscriber, TranscriptUpdate
@@ -34,9 +36,17 @@ class _FileQueue:
     def __init__(self, maxsize: int):
         self._q: asyncio.Queue = asyncio.Queue(maxsize)
         self.dropped = 0
+        self.aborted = False
 
     async def put(self, item: Any) -> None:
-        await self._q.put(item)
+        if not self.aborted:
+            await self._q.put(item)
+
+    def abort(self) -> None:
+        """The consumer died: empty the queue so a blocked producer wakes up, refuse the rest."""
+        self.aborted = True
+        while not self._q.empty():
+            self._q.get_nowait()
 
     def close(self) -> None:
         """Queue the end marker after everything already queued (waits for room if full)."""
@@ -191,6 +201,11 @@ class StreamSession:
 
     def _feed(self, chunk: AudioChunk) -> None:
         assert self.transcriber is not None
+        # Whisper's clock counts samples: audio that starts late, has gaps or lost chunks (live
+        # drops) is padded with silence so word times stay on the media clock.
+        gap = int(round((chunk.t - self.transcriber.fed_until) * 16000))
+        if gap > 160:
+            self.transcriber.feed(np.zeros(gap, np.float32))
         self.transcriber.feed(chunk.samples)
         self._audio_walls.append((self.transcriber.fed_until, chunk.wall))
         if len(self._audio_walls) > 20000:  # bounded: keep the recent half
@@ -298,8 +313,16 @@ class StreamSession:
             tasks.append(asyncio.create_task(self._audio_worker(), name=f"{self.name}-audio"))
         estimator = asyncio.create_task(self._live_estimator() if self.live else self._file_estimator(), name=f"{self.name}-estimator")
         try:
-            await asyncio.gather(*tasks)
-            await estimator
+            # The estimator ends after both workers; gathering all three surfaces a failure at once.
+            await asyncio.gather(*tasks, estimator)
+        except BaseException:
+            # Nobody consumes any more: a decode thread blocked on a full file queue must not hang.
+            for q in (self.video_q, self.audio_q):
+                if self.live:
+                    q.close()
+                else:
+                    q.abort()
+            raise
         finally:
             for task in (*tasks, estimator):
                 task.cancel()
@@ -313,6 +336,7 @@ class StreamSession:
             "summary", self.name, self.clock,
             frames_in=self.frames_in, frames_processed=self.frames_processed,
             frames_dropped=self.video_q.dropped, frames_skipped=self.frames_skipped,
+            audio_chunks_dropped=self.audio_q.dropped,
             audio_seconds=round(self.audio_seconds, 3), media_seconds=round(self.clock, 3),
             wall_seconds=round(wall, 3), realtime_factor=round(self.clock / wall, 3) if wall > 0 else None,
             estimates=self.estimates, transcripts=self.transcripts,

@@ -28,7 +28,7 @@ from stream.errors import UserError
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp"})
 # Seconds to wait for a URL to answer, and for each read once it did.
 URL_TIMEOUT = (5.0, 5.0)
-_URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 @dataclass(slots=True)
@@ -146,7 +146,7 @@ class AvSource(MediaSource):
 
     def __init__(self, spec: str, *, realtime: bool = False) -> None:
         self.spec = spec
-        m = _URL_RE.match(spec)
+        m = URL_RE.match(spec)
         self.scheme = m.group(1).lower() if m else None
         self.is_device = spec.startswith("/dev/")
         self.live = (self.scheme in LIVE_SCHEMES) or self.is_device

@@ -299,13 +299,9 @@ class Connection:
                     continue
                 wall = time.perf_counter()
                 if start is None:
-                    # Whisper times words from its first sample: pad the late start with silence
-                    # (capped) so transcript and video share the connection's clock.
+                    # Audio that starts late keeps the connection's clock (capped): the session
+                    # pads the gap with silence so transcript and video share one timeline.
                     start = min(self._since_start(wall), MAX_AUDIO_PAD_S)
-                    pad = int(start * SAMPLE_RATE)
-                    if pad:
-                        await self.session.push_audio(AudioChunk(0.0, np.zeros(pad, np.float32), wall))
-                    start = pad / SAMPLE_RATE
                 # Media time by sample count: Whisper's timeline, immune to network jitter.
                 await self.session.push_audio(AudioChunk(start + n / SAMPLE_RATE, samples, wall))
                 n += samples.size

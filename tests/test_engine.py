@@ -99,3 +99,29 @@ async def test_compile_switch_gives_the_same_estimates(tiny_model, tiny_cfg):
     assert ea.probs == pytest.approx(eb.probs, abs=1e-4)
     await eager.close()
     await compiled.close()
+
+
+async def test_failing_analysis_does_not_hang_a_blocked_file_producer(tiny_model, tiny_cfg, monkeypatch):
+    from stream.runtime import Runtime
+    from stream.session import StreamSession
+    from stream.sources import VideoFrame
+
+    engine = ModelEngine(tiny_model, tiny_cfg.engine)
+
+    async def broken(image):
+        raise RuntimeError("engine failed")
+
+    monkeypatch.setattr(engine, "encode_frame", broken)
+    session = StreamSession("0", Runtime(tiny_cfg, engine), lambda e: None, live=False, has_video=True, has_audio=False)
+    runner = asyncio.create_task(session.run())
+    frame = np.zeros((32, 32, 3), np.uint8)
+
+    async def produce():  # a file source pushes far more than the bounded queue holds
+        for i in range(200):
+            await session.push_video(VideoFrame(i / 15, frame, 0.0))
+
+    producer = asyncio.create_task(produce())
+    with pytest.raises(RuntimeError, match="engine failed"):
+        await asyncio.wait_for(runner, 10)
+    await asyncio.wait_for(producer, 10)  # woken up and finished instead of blocking forever
+    await engine.close()
