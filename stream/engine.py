@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generic, Optional, Sequence, TypeVar
+from typing import Callable, Generic, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -200,10 +200,6 @@ class ModelEngine:
 
     async def estimate(self, window: WindowInput, max_tokens: int = 75) -> Estimate:
         return await self.fusion.submit(FusionRequest(window, max_tokens))
-
-    def run_blocking(self, fn: Callable[..., R], *args: Any) -> Awaitable[R]:
-        """Run other torch work on the engine thread (keeps one compute thread)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def close(self) -> None:
         await self.images.close()

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from .config import AppConfig
-from .engine import ModelEngine
 from .errors import UserError
-from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime
-from .session import StreamSession
+from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime, build_runtime_blocking
+from .session import StreamSession, pump
 from .sources import MediaItem, MediaSource, VideoFrame, open_source
 from .stats import LatencyStats
 
@@ -83,37 +82,6 @@ def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[fl
         frames.close()  # AvSource closes its container in the generator's finally
 
 
-async def _pump(source: MediaSource, session: StreamSession, pool: concurrent.futures.Executor,
-                duration: Optional[float]) -> None:
-    """Like run_command.pump, on a dedicated thread per stream (the default executor has only
-    cpu_count + 4 threads: 64 streams would starve it)."""
-    loop = asyncio.get_running_loop()
-
-    def produce() -> None:
-        for item in timed_frames(source, session.stats, duration):
-            asyncio.run_coroutine_threadsafe(session.push(item), loop).result()
-
-    try:
-        await loop.run_in_executor(pool, produce)
-    finally:
-        session.end_input()
-
-
-def private_runtime(cfg: AppConfig, need_asr: bool) -> Runtime:
-    """One-model-per-stream baseline for benchmarks: its own CLIP, engine thread and Whisper."""
-    from models.factory import build_model
-
-    from .asr import load_whisper
-
-    stats = LatencyStats()
-    engine = ModelEngine(build_model(cfg), cfg.engine, stats)
-    whisper, pool = None, None
-    if need_asr and cfg.asr.enabled:
-        whisper = load_whisper(cfg.asr, shared=False)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
-    return Runtime(cfg, engine, whisper, pool, stats)
-
-
 @dataclass
 class ProfileResult:
     report: dict[str, Any]
@@ -146,7 +114,7 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
             runtimes.append(await build_runtime(cfg, need_asr=info.has_audio))
         else:
             for _ in range(streams):
-                runtimes.append(await asyncio.to_thread(private_runtime, cfg, info.has_audio))
+                runtimes.append(await asyncio.to_thread(build_runtime_blocking, cfg, info.has_audio, False))
         if runtimes[0].engine.weights == "random":
             _warn(RANDOM_WEIGHTS_WARNING)
         if not info.has_audio:
@@ -158,7 +126,7 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
         for s in sessions:
             s.stats = TimedStats(origin)
         runners = [asyncio.create_task(s.run(), name=f"profile-{s.name}") for s in sessions]
-        pumps = [_pump(src, s, pool, duration) for src, s in zip(sources, sessions)]
+        pumps = [pump(timed_frames(src, s.stats, duration), s, executor=pool) for src, s in zip(sources, sessions)]
         try:
             for i, res in enumerate(await asyncio.gather(*pumps, return_exceptions=True)):
                 if isinstance(res, UserError):  # e.g. a truncated file: keep what was analysed

@@ -13,8 +13,8 @@ from .errors import UserError
 from .events import FanoutSink, JsonlSink, make_event
 from .overlay import OverlayTracker, OverlayWriter, draw_overlay, render_overlay_file
 from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime
-from .session import StreamSession
-from .sources import AudioChunk, MediaSource, SourceInfo, VideoFrame, demo_path, open_source
+from .session import StreamSession, pump
+from .sources import AudioChunk, SourceInfo, VideoFrame, demo_path, open_source
 
 
 class LiveOverlay:
@@ -64,22 +64,6 @@ def display_available() -> tuple[bool, str]:
     if "GTK" not in cv2.getBuildInformation() and "QT" not in cv2.getBuildInformation().upper():
         return False, "this OpenCV build has no GUI (opencv-python-headless)"
     return True, ""
-
-
-async def pump(source: MediaSource, session: StreamSession, tap: Optional[LiveOverlay]) -> None:
-    """Decode in a thread; hand items to the session on the loop (blocking only for files)."""
-    loop = asyncio.get_running_loop()
-
-    def produce() -> None:
-        for item in source.frames():
-            if tap is not None:
-                tap.on_item(item)
-            asyncio.run_coroutine_threadsafe(session.push(item), loop).result()
-
-    try:
-        await asyncio.to_thread(produce)
-    finally:
-        session.end_input()
 
 
 class Progress:
@@ -146,7 +130,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _: source.close())  # analysis over (or failed): stop decoding
         try:
-            await pump(source, session, live_overlay)
+            await pump(source.frames(), session, live_overlay.on_item if live_overlay else None)
         except UserError as exc:  # e.g. truncated file: keep what was analysed, say what broke
             sink.emit(make_event("error", stream_name, session.clock, message=str(exc)))
             print(f"error: {exc}", file=sys.stderr)

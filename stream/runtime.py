@@ -36,14 +36,15 @@ class Runtime:
             self.asr_executor.shutdown(wait=False, cancel_futures=True)
 
 
-def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True) -> Runtime:
-    """Loads CLIP (+ fusion checkpoint) and Whisper once; raises UserError on missing weights."""
+def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True, shared: bool = True) -> Runtime:
+    """Loads CLIP (+ fusion checkpoint) and Whisper once; raises UserError on missing weights.
+    `shared=False`: a private Whisper too (the one-model-per-stream benchmark baseline)."""
     stats = LatencyStats()
     model = build_model(cfg)
     engine = ModelEngine(model, cfg.engine, stats)
     whisper, pool = None, None
     if need_asr and cfg.asr.enabled:
-        whisper = load_whisper(cfg.asr)
+        whisper = load_whisper(cfg.asr, shared=shared)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
     return Runtime(cfg, engine, whisper, pool, stats)
 

@@ -12,7 +12,8 @@ import asyncio
 import bisect
 import logging
 import time
-from typing import Any, Callable, Optional
+import concurrent.futures
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -343,3 +344,23 @@ class StreamSession:
             latency=self.stats.summary(),
             asr=self.transcriber.stats() if self.transcriber else None,
         )
+
+
+async def pump(items: Iterable[VideoFrame | AudioChunk], session: StreamSession,
+               on_item: Optional[Callable[[VideoFrame | AudioChunk], None]] = None,
+               executor: Optional[concurrent.futures.Executor] = None) -> None:
+    """Decode in a worker thread and hand items to the session on the loop (blocking only for
+    files: back-pressure). `executor`: many streams need their own pool (the default one has
+    only cpu_count + 4 threads). Ends the session's input however decoding stops."""
+    loop = asyncio.get_running_loop()
+
+    def produce() -> None:
+        for item in items:
+            if on_item is not None:
+                on_item(item)
+            asyncio.run_coroutine_threadsafe(session.push(item), loop).result()
+
+    try:
+        await loop.run_in_executor(executor, produce)
+    finally:
+        session.end_input()
