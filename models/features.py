@@ -171,6 +171,8 @@ def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray,
                 times.append(t)
                 if len(frames) >= 4 * max_frames:  # long clip: thin out evenly to bound memory
                     frames, times = frames[::2], times[::2]
+                    fps /= 2  # and sample the rest at the thinned rate, so the spacing stays even
+                    sampler = FrameSampler(fps)
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise UserError(f"{sample.source}: cannot decode video {path} ({' '.join(str(exc).split())[:120]})") from None
     if not frames:

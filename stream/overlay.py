@@ -279,6 +279,8 @@ class OverlayWriter:
         start = int(round(t * self.audio_rate))
         if start > self._audio_pos + self.audio_rate // 20:
             data = np.concatenate([np.zeros(start - self._audio_pos, np.float32), data])
+        elif start < self._audio_pos - self.audio_rate // 20:
+            data = data[self._audio_pos - start:]
         if data.size:
             self._encode_audio(data)
 
