@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from stream.config import VisionConfig
-from stream.errors import UserError
+from stream.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 # open_clip warns through the root logger when it builds random weights; we say so ourselves.
@@ -103,18 +103,13 @@ def _create(cfg: VisionConfig, device: torch.device) -> tuple[torch.nn.Module, s
         with _hub_offline(not online):
             model = open_clip.create_model(cfg.model, pretrained=str(local) if local.is_file() else pretrained, **kwargs)
     except Exception as exc:
-        reason = "the hub is unreachable (offline?) and they are not cached" if not online else _short(exc)
+        reason = "the hub is unreachable (offline?) and they are not cached" if not online else one_line(exc, 140)
         raise WeightsUnavailable(
             f"CLIP weights '{cfg.model}/{pretrained}' could not be loaded: {reason}. Either go online once so "
             f"open_clip downloads and caches them, or pass a local file/dir with --set vision.pretrained=/path "
             f"(for latency work only: --set vision.pretrained=random)"
         ) from None
     return model, "pretrained"
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 140 else text[:137] + "..."
 
 
 def _hub_reachable(host: str = "huggingface.co") -> bool:
@@ -187,14 +182,21 @@ class ClipBackbone(torch.nn.Module):
         x = x[:, :, top : top + th, left : left + tw]
         return ((x - self.mean) / self.std).to(self.dtype)
 
+    @staticmethod
+    def _as_batch(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+        return t.unsqueeze(0) if t.ndim == 3 else t
+
     @torch.inference_mode()
-    def encode_images(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pooled, projected (not normalised) image embeddings (B, d), float32."""
-        if isinstance(frames, np.ndarray):
-            frames = torch.from_numpy(np.ascontiguousarray(frames))
-        if frames.ndim == 3:
-            frames = frames.unsqueeze(0)
-        return self.clip.encode_image(self.preprocess(frames)).float()
+    def encode_images(self, frames: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Pooled, projected (not normalised) image embeddings (B, d), float32, on the model's device.
+        Takes a uint8 batch (B, H, W, 3) / one frame (H, W, 3), or a list of frames of any sizes
+        (live streams differ): each is resized on the device, then one forward pass for all."""
+        if isinstance(frames, (list, tuple)):
+            batch = torch.cat([self.preprocess(self._as_batch(f)) for f in frames])
+        else:
+            batch = self.preprocess(self._as_batch(frames))
+        return self.clip.encode_image(batch).float()
 
     # ---------- text ----------
     def tokenize(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
 from stream.config import AppConfig
-from stream.errors import UserError
+from stream.errors import UserError, one_line
 from stream.flow import FrameSampler
 from stream.sources import media_t0
 
@@ -145,7 +145,7 @@ def read_image(sample: Sample) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{sample.source}: cannot read image {path} ({' '.join(str(exc).split())[:120]})") from None
+        raise UserError(f"{sample.source}: cannot read image {path} ({one_line(exc, 120)})") from None
 
 
 def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +174,7 @@ def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray,
                     fps /= 2  # and sample the rest at the thinned rate, so the spacing stays even
                     sampler = FrameSampler(fps)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise UserError(f"{sample.source}: cannot decode video {path} ({' '.join(str(exc).split())[:120]})") from None
+        raise UserError(f"{sample.source}: cannot decode video {path} ({one_line(exc, 120)})") from None
     if not frames:
         raise UserError(f"{sample.source}: video {path} has no decodable frames")
     pick = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))

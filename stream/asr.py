@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 import numpy as np
 
 from stream.config import AsrConfig
-from stream.errors import UserError
+from stream.errors import UserError, one_line
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
     from faster_whisper import WhisperModel
@@ -63,12 +63,6 @@ def _split_device(device: str) -> tuple[str, int]:
     return kind, int(index) if index.isdigit() else 0
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first[:160]
-
-
 def load_whisper(cfg: AsrConfig, shared: bool = True) -> "WhisperModel":
     """The process-wide WhisperModel for this config (loaded once, shared by every stream).
     `shared=False` loads a private copy (the one-model-per-stream benchmark baseline)."""
@@ -99,7 +93,7 @@ def _build_model(cfg: AsrConfig) -> "WhisperModel":
         )
     except Exception as exc:  # offline download, bad dir, unsupported compute type, ...
         downloading = not Path(source).is_dir() and isinstance(exc, OSError)
-        reason = "download failed and no cached copy; offline?" if downloading else _one_line(exc)
+        reason = "download failed and no cached copy; offline?" if downloading else one_line(exc, 160)
         raise UserError(_load_failed(cfg.model, reason)) from None
 
 

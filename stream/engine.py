@@ -183,12 +183,8 @@ class ModelEngine:
         return self.model.weights
 
     def _encode_images(self, frames: list[np.ndarray]) -> list[torch.Tensor]:
-        backbone = self.model.backbone
-        with torch.inference_mode():
-            batch = torch.cat([backbone.preprocess(torch.from_numpy(np.ascontiguousarray(f)).unsqueeze(0)) for f in frames])
-            # Features stay on the model's device: windows and fusion use them there (GPU-resident).
-            feats = backbone.clip.encode_image(batch).float()
-        return list(feats)
+        # Features stay on the model's device: windows and fusion use them there (GPU-resident).
+        return list(self.model.backbone.encode_images(frames))
 
     def _fuse(self, requests: list[FusionRequest]) -> list[Estimate]:
         max_tokens = min(r.max_tokens for r in requests)

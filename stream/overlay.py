@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 
-from stream.errors import UserError
+from stream.errors import UserError, one_line
 from stream.sources import URL_RE, URL_TIMEOUT, check_local_file, describe_open_error, media_t0
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -230,7 +230,7 @@ class OverlayWriter:
         try:
             self._out = av.open(self.path, mode="w")
         except Exception as exc:
-            raise UserError(f"cannot write {path}: {' '.join(str(exc).split())}") from None
+            raise UserError(f"cannot write {path}: {one_line(exc)}") from None
         self._tb = Fraction(1, 1000)  # ms timestamps: any fps, variable rate
         rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
         self._v = self._out.add_stream(_video_codec(), rate=rate)

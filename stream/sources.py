@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from stream.audio import SAMPLE_RATE, AudioResampler
-from stream.errors import UserError
+from stream.errors import UserError, one_line
 
 # URL schemes whose streams are live by nature (pace themselves, never "end" early).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp"})
@@ -104,11 +104,6 @@ def open_source(spec: str, *, realtime: bool = False, samples_dir: Optional[Path
     return AvSource(spec, realtime=realtime)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def media_t0(container: Any) -> Optional[float]:
     """First timestamp of the container in seconds (None if unknown): media time 0 of the stream."""
     start = container.start_time  # in AV_TIME_BASE (microseconds)
@@ -119,7 +114,7 @@ def media_t0(container: Any) -> Optional[float]:
 
 def describe_open_error(spec: str, exc: BaseException, *, is_url: bool, elapsed: float = 0.0) -> str:
     """One line for a failed `av.open` of `spec` (that took `elapsed` s), naming the source and what to do."""
-    msg = _one_line(exc).replace(f": '{spec}'", "")
+    msg = one_line(exc).replace(f": '{spec}'", "")
     if is_url:
         # FFmpeg reports its own timeout as "Immediate exit requested" or "Invalid data": go by the clock.
         timed_out = elapsed >= 0.9 * URL_TIMEOUT[0] or isinstance(exc, TimeoutError)
@@ -306,14 +301,14 @@ class AvSource(MediaSource):
                 return
             error = exc
             if self.live:
-                raise UserError(f"{self.spec}: stream broke off at {last_t:.1f} s ({_one_line(exc)}); "
+                raise UserError(f"{self.spec}: stream broke off at {last_t:.1f} s ({one_line(exc)}); "
                                 f"check that the stream is still running") from None
         if resampler is not None and next_audio_t is not None:
             tail = resampler.flush()
             if tail.size:
                 yield AudioChunk(t=next_audio_t, samples=tail, wall=time.perf_counter())
         if error is not None and not self.live:
-            raise UserError(f"{self.spec}: decoding failed at {last_t:.1f} s ({_one_line(error)}); the file is "
+            raise UserError(f"{self.spec}: decoding failed at {last_t:.1f} s ({one_line(error)}); the file is "
                             f"truncated or corrupt, results up to there are kept") from None
         self._check_complete(last_t)
 

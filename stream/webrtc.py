@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge
 
 from .audio import SAMPLE_RATE, AudioResampler
 from .config import AppConfig
+from .errors import one_line
 from .events import make_event
 from .overlay import OverlayState, OverlayTracker, draw_overlay
 from .runtime import RANDOM_WEIGHTS_WARNING, Runtime
@@ -142,7 +143,7 @@ class Connection:
         try:
             await pc.setRemoteDescription(offer)
         except Exception as exc:  # aiortc raises many kinds on bad SDP; all are the client's fault
-            raise OfferError(f"unusable SDP offer: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+            raise OfferError(f"unusable SDP offer: {one_line(exc)}") from None
         video, audio = self.tracks.get("video"), self.tracks.get("audio")
         if video is None and audio is None:
             raise OfferError("the offer sends neither audio nor video")
