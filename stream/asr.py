@@ -2,14 +2,19 @@
 
 The streaming policy follows whisper_streaming (Macháček, Dabre & Bojar 2023), "LocalAgreement-2":
 re-transcribe a rolling buffer every `chunk_seconds` of new audio and commit the longest prefix
-that two consecutive hypotheses agree on. Two additions make it cheaper and snappier:
+that two consecutive hypotheses agree on. Additions that make it cheaper and snappier:
 - Silero VAD (shipped with faster-whisper) gates every pass: silence never reaches Whisper;
 - a VAD pause (>= min_silence_ms) after speech commits everything before it at once, so finals
-  arrive at the end of each utterance instead of one agreement round later.
+  arrive at the end of each utterance instead of one agreement round later;
+- passes encode only the buffer plus a little padding (`stream.whisper_window`), ~5x cheaper on a
+  CPU, so a pass every 0.5 s fits in one core;
+- agreement re-syncs after a locally misheard word instead of stalling the rest of the sentence,
+  and ignores words within `settle_seconds` of either pass's audio end (cut-off words).
 All times are media seconds from stream start.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,11 +25,12 @@ import numpy as np
 
 from stream.config import AsrConfig
 from stream.errors import UserError, one_line
+from stream.whisper_window import Decoded, DecodedWord, ShortWindow
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
     from faster_whisper import WhisperModel
-    from faster_whisper.transcribe import Segment
-    from faster_whisper.transcribe import Word as WhisperWord
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 _PROMPT_CHARS = 200  # tail of committed text given to Whisper as context
@@ -32,6 +38,9 @@ _TIME_TOL = 0.1  # s: words starting this much before the last commit are treate
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
 _SENTENCE_END = (".", "?", "!")
+_ANCHOR = 2  # words both passes must share to re-sync after a disagreement
+_ANCHOR_TOL = 0.3  # s: an anchor word starts at about the same time in both passes
+_RESYNC_SPAN = 3  # longest disputed stretch (words) bridged by re-syncing
 
 _MODELS: dict[tuple[str, str, str, int], "WhisperModel"] = {}
 _MODELS_LOCK = threading.Lock()
@@ -129,26 +138,60 @@ def _update(words: list[Word], final: bool) -> TranscriptUpdate:
     )
 
 
-def _agreed_prefix(a: list[Word], b: list[Word]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if normalize(x.text) != normalize(y.text):
+def _same(a: Word, b: Word, tol: float) -> bool:
+    return normalize(a.text) == normalize(b.text) and abs(a.start - b.start) <= tol
+
+
+def _resync(prev: list[Word], new: list[Word], i: int, j: int) -> Optional[tuple[int, int]]:
+    """After passes disagree at prev[i] / new[j]: the nearest place where they agree again on
+    `_ANCHOR` words at the same time, within a few words (a local slip, not a different text)."""
+    for dj in range(1, _RESYNC_SPAN + 1):
+        for di in range(0, _RESYNC_SPAN + 1):
+            a, b = prev[i + di:i + di + _ANCHOR], new[j + dj:j + dj + _ANCHOR]
+            if len(a) == len(b) == _ANCHOR and all(_same(x, y, _ANCHOR_TOL) for x, y in zip(a, b)):
+                return i + di, j + dj
+    return None
+
+
+def _agreement(prev: list[Word], new: list[Word], settled: float, prev_settled: float) -> int:
+    """How many leading words of `new` are final: LocalAgreement-2 (the prefix two consecutive
+    passes share), re-synced after a local disagreement so one misheard word cannot hold back the
+    rest of the sentence (the newer pass, which heard more context, wins the disputed words).
+    Only words ending by `settled` count: a word at the audio's edge may still be cut short."""
+    i = j = n = 0
+    while i < len(prev) and j < len(new) and new[j].end <= settled and prev[i].end <= prev_settled:
+        if normalize(prev[i].text) == normalize(new[j].text):
+            i, j = i + 1, j + 1
+            n = j
+            continue
+        anchor = _resync(prev, new, i, j)
+        if anchor is None or new[anchor[1] + _ANCHOR - 1].end > settled:
             break
-        n += 1
+        i, j = anchor
     return n
 
 
-def _looks_hallucinated(segment: "Segment") -> bool:
+def _looks_hallucinated(segment: Decoded) -> bool:
     # tiny models invent "Thank you." / "." after speech ends: likely silence, low confidence.
     return segment.no_speech_prob > 0.5 and segment.avg_logprob < -0.8
 
 
-def _dubious_tail(word: "WhisperWord", audio_end: float) -> bool:
+def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
     """A last word that is a guess: near-zero confidence, or squeezed into the audio's last
     instant (Whisper's continuation past the end of speech). A real word there is heard again
     by the next pass; at a pause or the end it sits in the VAD padding, where speech is not."""
     squeezed = word.end - word.start < 0.02 and word.start >= audio_end - 0.1
     return word.probability < 0.1 or squeezed
+
+
+def _short_window(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortWindow]:
+    if cfg.encoder_pad_seconds is None:
+        return None
+    try:
+        return ShortWindow(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
+    except Exception as exc:  # a faster-whisper whose internals moved: its own (slower) path still works
+        log.warning("short Whisper encoder window unavailable (%s); using 30 s windows", one_line(exc, 120))
+        return None
 
 
 # --------------------------------------------------------------------------------- transcriber
@@ -159,6 +202,7 @@ class StreamingTranscriber:
     def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0) -> None:
         self._model = model
         self._cfg = cfg
+        self._window = _short_window(model, cfg)
         self._t0 = t0
         self._lock = threading.Lock()  # feed() may run on the event loop while process() runs
         self._pending: list[np.ndarray] = []
@@ -170,6 +214,7 @@ class StreamingTranscriber:
         self._committed: list[Word] = []  # recent committed words (prompt, de-duplication, trimming)
         self._last_end = t0  # end of the last committed word
         self._hyp: list[Word] = []  # previous pass's uncommitted words (LocalAgreement)
+        self._hyp_settled = t0  # words of _hyp ending after this were at that pass's audio edge
         self.passes = 0
         self.transcribe_seconds = 0.0
         self.vad_seconds = 0.0
@@ -278,8 +323,11 @@ class StreamingTranscriber:
     def _commit_until(self, end: int) -> list[TranscriptUpdate]:
         """Transcribe buffer[:end], commit every new word, drop that audio."""
         words: list[Word] = []
-        if self._time(self._buf_start + end) > self._last_end + _TIME_TOL:
+        pause = self._time(self._buf_start + end)
+        if pause > self._last_end + _TIME_TOL:
             words = self._new_words(self._transcribe(self._buf[:end]))
+            if not words:  # a failed decode must not lose what the previous pass heard before the pause
+                words = [w for w in self._hyp if w.end <= pause + _TIME_TOL]
         self._hyp = []
         update = self._commit(words)
         self._trim_to(self._buf_start + end)
@@ -287,7 +335,9 @@ class StreamingTranscriber:
 
     def _agreement_pass(self) -> list[TranscriptUpdate]:
         new = self._new_words(self._transcribe(self._buf))
-        agreed = _agreed_prefix(self._hyp, new)
+        settled = self._time(self._buf_end) - self._cfg.settle_seconds
+        agreed = _agreement(self._hyp, new, settled, self._hyp_settled)
+        self._hyp_settled = settled
         updates: list[TranscriptUpdate] = []
         update = self._commit(new[:agreed])
         if update:
@@ -303,16 +353,11 @@ class StreamingTranscriber:
     def _transcribe(self, audio: np.ndarray) -> list[Word]:
         offset = self._time(self._buf_start)
         began = time.perf_counter()
-        segments, _info = self._model.transcribe(
-            audio,
-            language=self._cfg.language,
-            beam_size=self._cfg.beam_size,
-            word_timestamps=True,
-            condition_on_previous_text=False,
-            initial_prompt=self._prompt() or None,
-            vad_filter=False,  # our VAD already gated this buffer
-        )
-        segments = list(segments)  # a generator: decoding happens here, inside the timing
+        prompt = self._prompt() or None
+        if self._window is not None:
+            segments = self._window.transcribe(audio, prompt)
+        else:
+            segments = self._transcribe_full(audio, prompt)
         self.transcribe_seconds += time.perf_counter() - began
         self.passes += 1
         while segments and _looks_hallucinated(segments[-1]):
@@ -322,6 +367,21 @@ class StreamingTranscriber:
         while words and _dubious_tail(words[-1], audio_end):
             words.pop()
         return [Word(offset + w.start, offset + w.end, w.word.strip()) for w in words]
+
+    def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
+        """faster-whisper's own path: every pass pays for a full 30 s encoder window."""
+        segments, _info = self._model.transcribe(
+            audio,
+            language=self._cfg.language,
+            beam_size=self._cfg.beam_size,
+            temperature=0.0,  # no fallback re-decodes: agreement already rejects unstable text
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            initial_prompt=prompt,
+            vad_filter=False,  # our VAD already gated this buffer
+        )
+        return [Decoded([DecodedWord(w.start, w.end, w.word, w.probability) for w in seg.words or []],
+                        seg.no_speech_prob, seg.avg_logprob) for seg in segments]
 
     def _prompt(self) -> str:
         # Only text whose audio has left the buffer: the rest will be heard again.

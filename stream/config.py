@@ -60,11 +60,15 @@ class AsrConfig(_Section):
     cpu_threads: int = Field(0, ge=0)
     language: Optional[str] = "en"
     beam_size: int = Field(1, ge=1, le=10)
-    chunk_seconds: float = Field(1.0, gt=0)  # live: a Whisper pass per this much new audio
+    chunk_seconds: float = Field(0.5, gt=0)  # live: a Whisper pass per this much new audio
     # Files (not live) need no low latency: a longer step means fewer passes (each costs a
     # padded 30 s window), so analysis runs well above real time with the same algorithm.
     file_chunk_seconds: float = Field(3.0, gt=0)
-    max_buffer_seconds: float = Field(15.0, gt=2)
+    # Words ending this close to the buffer's end wait a pass: they may still be cut short.
+    settle_seconds: float = Field(0.5, ge=0, le=5)
+    max_buffer_seconds: float = Field(15.0, gt=2, le=28)
+    # Encoder window = buffer + this much padding (None: Whisper's full 30 s window every pass).
+    encoder_pad_seconds: Optional[float] = Field(3.0, ge=0, le=30)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_silence_ms: int = Field(500, ge=50)

@@ -14,7 +14,8 @@ import pytest
 from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools
 
 SENTENCES = list(SPEECH_SCRIPT)
-from stream.asr import StreamingTranscriber, TranscriptUpdate, load_whisper, normalize
+from stream.asr import StreamingTranscriber, TranscriptUpdate, Word, _agreement, load_whisper, normalize
+from stream.whisper_window import ShortWindow, _drop_restart, encoder_frames
 from stream.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.config import AsrConfig
 from stream.errors import UserError
@@ -126,6 +127,46 @@ def test_streaming_not_worse_than_offline(whisper, clip_audio, stream_run):
 
 
 @slow
+def test_short_encoder_window_matches_the_full_window(whisper, clip_audio, stream_run):
+    # The same stream with Whisper's stock 30 s window every pass: the short window must not cost WER.
+    full = stream_audio(whisper, AsrConfig(encoder_pad_seconds=None), clip_audio)
+    reference = " ".join(SENTENCES)
+    short_wer, full_wer = wer(reference, stream_run.text), wer(reference, full.text)
+    print(f"\nWER short window={short_wer:.3f} full window={full_wer:.3f}")
+    assert short_wer <= full_wer + 0.05
+
+
+def test_short_window_transcribes_one_sentence(whisper, speech_clip, clip_audio):
+    sentence, start, end = speech_clip[1][1]
+    a, b = int((start - 0.3) * SAMPLE_RATE), int((end + 0.3) * SAMPLE_RATE)
+    decoded = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0).transcribe(clip_audio[a:b], prompt=None)
+    assert len(decoded) == 1
+    words = decoded[0].words
+    assert wer(sentence, " ".join(w.word for w in words)) <= 0.2, words
+    # Word times are seconds into the buffer, in order, inside the audio.
+    assert all(0.0 <= w.start <= w.end <= (b - a) / SAMPLE_RATE + 0.05 for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+
+
+def test_short_window_on_silence_says_nothing(whisper):
+    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
+
+
+def test_encoder_frames_pad_and_cap():
+    assert encoder_frames(301, 3.0) == 602  # even: the encoder's first conv has stride 2
+    assert encoder_frames(2800, 3.0) == 3000  # never past Whisper's 30 s window
+    assert encoder_frames(0, 0.0) == 2
+
+
+def test_drop_restart_cuts_a_decode_that_starts_over():
+    assert _drop_restart([1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5]) == [1, 2, 3, 4, 5, 6]
+    assert _drop_restart([7, 8, 7, 8, 7, 8, 7, 8]) == [7, 8]
+    assert _drop_restart([1, 2, 3, 4, 1, 2, 3, 9]) == [1, 2, 3, 4, 1, 2, 3, 9]  # only a full restart
+    assert _drop_restart([1, 2, 3]) == [1, 2, 3]
+
+
+@slow
 def test_finals_never_repeat_and_keep_order(stream_run):
     words = [w for u in stream_run.finals for w in u.words]
     starts = [w.start for w in words]
@@ -183,6 +224,33 @@ def test_media_time_offset(whisper, speech_clip, clip_audio):
     assert run.transcriber.processed_until == pytest.approx(100.0 + first_end / SAMPLE_RATE)
 
 
+# ----------------------------------------------------------------------- agreement between passes
+def _hyp(text: str, t0: float = 0.0) -> list[Word]:
+    """Words 0.4 s apart, 0.3 s long."""
+    return [Word(t0 + 0.4 * i, t0 + 0.4 * i + 0.3, w) for i, w in enumerate(text.split())]
+
+
+def test_agreement_is_the_shared_prefix():
+    assert _agreement(_hyp("the sun is"), _hyp("The sun, is shining"), 99, 99) == 3  # case/punctuation
+    assert _agreement(_hyp("the sun is"), _hyp("a moon was shining"), 99, 99) == 0
+
+
+def test_agreement_resyncs_after_a_misheard_word():
+    # One word heard two ways must not hold back the rest of the sentence; the newer pass wins it.
+    prev, new = _hyp("but we're very lovely today and the"), _hyp("but wherever is lovely today and the sun")
+    assert _agreement(prev, new, 99, 99) == 7
+    # ... but only when both passes agree again at the same time, within a few words.
+    shifted = _hyp("but wherever is", 0.0) + _hyp("lovely today and the", 2.0)
+    assert _agreement(prev, shifted, 99, 99) == 1
+    assert _agreement(_hyp("a b c d e f g h"), _hyp("a p q r s f g h"), 99, 99) == 1
+
+
+def test_agreement_waits_for_words_at_the_audio_edge():
+    prev, new = _hyp("the sun is shining"), _hyp("the sun is shining over")
+    assert _agreement(prev, new, settled=0.9, prev_settled=99) == 2  # "is" ends at 1.1 in the new pass
+    assert _agreement(prev, new, settled=99, prev_settled=0.9) == 2  # ... or in the previous one
+
+
 # ------------------------------------------------- LocalAgreement logic with a scripted "model"
 class ScriptedModel:
     """Stands in for Whisper: the audio itself spells the words. Word k is a 0.3 s plateau of
@@ -226,7 +294,7 @@ class ScriptedModel:
 
 def test_local_agreement_commits_each_word_once():
     n = 60
-    cfg = AsrConfig(vad=False, max_buffer_seconds=5.0)
+    cfg = AsrConfig(vad=False, max_buffer_seconds=5.0, encoder_pad_seconds=None)
     run = stream_audio(ScriptedModel(), cfg, ScriptedModel.audio(n))
     assert [w.text for u in run.finals for w in u.words] == [ScriptedModel.text(k) for k in range(n)]
     assert any(not u.final for u in run.updates)
@@ -235,7 +303,7 @@ def test_local_agreement_commits_each_word_once():
 
 
 def test_buffer_stays_bounded_when_passes_never_agree():
-    cfg = AsrConfig(vad=False, max_buffer_seconds=4.0)
+    cfg = AsrConfig(vad=False, max_buffer_seconds=4.0, encoder_pad_seconds=None)
     tr = StreamingTranscriber(ScriptedModel(agree=False), cfg)
     audio = ScriptedModel.audio(100)
     finals: list[TranscriptUpdate] = []
@@ -249,7 +317,7 @@ def test_buffer_stays_bounded_when_passes_never_agree():
 
 
 def test_feed_accepts_pcm16():
-    tr = StreamingTranscriber(ScriptedModel(), AsrConfig(vad=False))
+    tr = StreamingTranscriber(ScriptedModel(), AsrConfig(vad=False, encoder_pad_seconds=None))
     tr.feed(np.full(SAMPLE_RATE, 16384, dtype=np.int16))
     assert tr.audio_seconds == pytest.approx(1.0)
     assert tr._pending[0].dtype == np.float32 and tr._pending[0][0] == pytest.approx(0.5)

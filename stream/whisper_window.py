@@ -1,0 +1,125 @@
+"""One Whisper pass over a short buffer, with the encoder window sized to the audio.
+
+faster-whisper pads every input to Whisper's 30 s window, so a pass over 3 s of speech pays for
+30 s of encoder (with tiny.en on one CPU thread, ~290 of ~375 ms per pass), and its word-timestamp
+seek often re-encodes the last fraction of a second as a second 30 s window. CTranslate2's
+encoder accepts shorter inputs (whisper.cpp calls this `audio_ctx`): `ShortWindow` encodes the
+buffer plus `pad_seconds` of padding, decodes it once without timestamp tokens (words come from
+faster-whisper's cross-attention alignment) and caps the token count so a repetition loop ends
+early and is rejected by its compression ratio, as faster-whisper's fallback check would.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+FRAMES_PER_SECOND = 100  # log-mel frames (10 ms hop)
+_HOP = 160  # samples per frame at 16 kHz
+MAX_FRAMES = 3000  # Whisper's 30 s window
+_TOKENS_PER_SECOND = 8  # generous for fast speech (300 wpm is ~6.5 tokens/s)
+_MIN_NEW_TOKENS = 12
+_MAX_COMPRESSION = 2.4  # faster-whisper's default: above it a decode is "too repetitive"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedWord:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One decode of one window: the fields of faster-whisper's Segment that streaming uses."""
+
+    words: list[DecodedWord]
+    no_speech_prob: float
+    avg_logprob: float
+
+
+def encoder_frames(content_frames: int, pad_seconds: float) -> int:
+    """Encoder input length for `content_frames` of audio: padded, even (stride-2 conv), <= 30 s."""
+    frames = content_frames + int(round(pad_seconds * FRAMES_PER_SECOND))
+    frames += frames % 2
+    return min(max(frames, 2), MAX_FRAMES)
+
+
+def compression_ratio(text: str) -> float:
+    raw = text.encode("utf-8")
+    return len(raw) / max(1, len(zlib.compress(raw)))
+
+
+def _drop_restart(tokens: list[int], n: int = 4) -> list[int]:
+    """Cut a decode where it starts over from its own beginning (a short window's typical
+    failure: having read the audio once, the decoder reads it again instead of ending)."""
+    head = tokens[:n]
+    if len(head) == n:
+        for k in range(1, len(tokens) - n + 1):
+            if tokens[k:k + n] == head:
+                return tokens[:k]
+    return tokens
+
+
+class ShortWindow:
+    """Transcribes buffers of at most 30 s with an encoder window of buffer + `pad_seconds`."""
+
+    def __init__(self, model: "WhisperModel", language: Optional[str], beam_size: int, pad_seconds: float) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._model = model
+        self._pad = pad_seconds
+        self._beam_size = beam_size
+        multilingual = model.model.is_multilingual
+        self._tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
+                                    language=(language or "en") if multilingual else "en")
+        self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
+
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
+        """`audio` (float32 16 kHz, <= 30 s) -> at most one Decoded; `prompt` conditions the decoder."""
+        from faster_whisper.transcribe import merge_punctuations
+
+        model, tokenizer = self._model, self._tokenizer
+        # Pad with silent audio, not with zeros after normalisation: log-mel of silence sits at the
+        # spectrogram's floor (max - 8), which is what Whisper saw after speech in training.
+        content = min(int(audio.size // _HOP), MAX_FRAMES)
+        if content < 2:
+            return []
+        frames = encoder_frames(content, self._pad)
+        padded = np.zeros(frames * _HOP, dtype=np.float32)
+        padded[:min(audio.size, padded.size)] = audio[:padded.size]
+        window = model.feature_extractor(padded, padding=0)[:, :frames]
+        if window.shape[-1] < frames:
+            window = np.pad(window, ((0, 0), (0, frames - window.shape[-1])), mode="edge")
+        encoded = model.encode(window)
+
+        previous = tokenizer.encode(" " + prompt.strip()) if prompt else []
+        tokens_in = model.get_prompt(tokenizer, previous, without_timestamps=True)
+        budget = _MIN_NEW_TOKENS + int(_TOKENS_PER_SECOND * content / FRAMES_PER_SECOND)
+        result: Any = model.model.generate(
+            encoded, [tokens_in],
+            beam_size=self._beam_size,
+            max_length=min(model.max_length, len(tokens_in) + budget),
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress,
+        )[0]
+        tokens = _drop_restart([t for t in result.sequences_ids[0] if t < tokenizer.eot])
+        text = tokenizer.decode(tokens)
+        if not tokens or compression_ratio(text) > _MAX_COMPRESSION:
+            return []  # nothing, or a repetition loop
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper computes it
+
+        alignment = model.find_alignment(tokenizer, [tokens], encoded, content)[0]
+        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+        words = [DecodedWord(round(a["start"], 2), round(a["end"], 2), a["word"], a["probability"])
+                 for a in alignment if a["word"]]
+        return [Decoded(words, result.no_speech_prob, avg_logprob)]
