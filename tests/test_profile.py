@@ -100,8 +100,9 @@ def test_bench_quick(tmp_path):
     asr = data["asr"]
     assert 0 <= asr["streaming"]["wer"] <= 1 and 0 <= asr["offline"]["wer"] <= 1
     assert asr["streaming"]["lag_p95_ms"] > 0
+    assert asr["streaming_full_window"]["passes"] > 0 and asr["pass_p50_ratio_full_over_short"] > 0
     md = out.with_suffix(".md").read_text()
-    assert "| streams |" in md and "WER" in md
+    assert "| streams |" in md and "WER" in md and "stock 30 s window" in md
 
 
 def test_bench_cuda_fails_clearly_without_gpu(tmp_path):
