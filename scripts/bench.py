@@ -56,7 +56,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--streams", default=None, help="comma list of N for the engine comparison (default 1,2,4)")
     p.add_argument("--modes", default=None, help="fast,paced (default both; --quick: fast)")
     p.add_argument("--engine-seconds", type=float, default=None, help="media seconds per engine run (default 20)")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: clip,engine,asr,gpu_streams")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: clip,engine,asr_batch,asr,gpu_streams")
     p.add_argument("--work-dir", help="keep the generated clip here (default: a temporary directory)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one profile run in a fresh process
     return p.parse_args(argv)
@@ -188,6 +188,24 @@ def bench_engine(base: dict[str, Any], video: Path, ns: list[int], modes: list[s
     return {"media_seconds_per_stream": seconds, "rows": rows, "ratios": ratios}
 
 
+def bench_asr_batching(base: dict[str, Any], video: Path, n: int, seconds: float, work: Path) -> dict[str, Any]:
+    """N paced streams with Whisper passes one at a time vs decoded together (`asr.batch`)."""
+    rows = {}
+    for batch in (1, n):
+        spec = base | {"overrides": [*base["overrides"], f"asr.batch={batch}"], "source": str(video), "streams": n,
+                       "realtime": True, "duration": seconds, "engine": "shared", "out": str(work / f"asr-batch-{batch}.json")}
+        print(f"  paced {n} streams, asr.batch={batch} ...", file=sys.stderr, flush=True)
+        rep = run_worker(spec)
+        st = rep["stages"]
+        rows[batch] = {"asr_batch": batch, "streams": n, "asr_pass_p50_ms": st["asr"]["p50_ms"], "asr_pass_p95_ms": st["asr"]["p95_ms"],
+                       "lag_p50_ms": st["transcript_lag"]["p50_ms"], "lag_p95_ms": st["transcript_lag"]["p95_ms"],
+                       "f2e_p95_ms": st["frame_to_estimate"]["p95_ms"], "frames_dropped": rep["frames_dropped"],
+                       "mean_asr_batch": rep["batching"].get("asr", {}).get("mean_batch")}
+    one, many = rows[1], rows[n]
+    return {"media_seconds_per_stream": seconds, "rows": [one, many],
+            "lag_p95_ratio_unbatched_over_batched": _ratio(one["lag_p95_ms"], many["lag_p95_ms"])}
+
+
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return round(a / b, 2) if a is not None and b else None
 
@@ -315,6 +333,14 @@ def markdown(res: dict[str, Any]) -> str:
         if a.get("pass_p50_ratio_full_over_short"):
             lines += ["", f"Whisper pass p50, stock window / short window: **{a['pass_p50_ratio_full_over_short']}x**."]
         lines.append("")
+    if "asr_batching" in res:
+        b = res["asr_batching"]
+        lines += [f"Whisper passes of {b['rows'][0]['streams']} paced streams one at a time vs batched "
+                  f"({b['media_seconds_per_stream']} s of media per stream):", ""]
+        lines += _table(["asr.batch", "mean batch", "pass p50 ms", "pass p95 ms", "lag p50 ms", "lag p95 ms", "f2e p95 ms", "dropped"],
+                        [[r["asr_batch"], r["mean_asr_batch"], r["asr_pass_p50_ms"], r["asr_pass_p95_ms"], r["lag_p50_ms"],
+                          r["lag_p95_ms"], r["f2e_p95_ms"], r["frames_dropped"]] for r in b["rows"]])
+        lines.append("")
     if "gpu_streams" in res:
         g = res["gpu_streams"]
         lines += [f"Paced streams per GPU (limit: frame_to_estimate p95 <= {g['limit_p95_ms']} ms, drops <= 1 %): "
@@ -367,6 +393,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "gpu_streams" not in skip and args.cuda:
             print("streams per GPU ...", file=sys.stderr, flush=True)
             res["gpu_streams"] = bench_gpu_streams(base, video, args.engine_seconds or 20.0, work)
+        if "asr_batch" not in skip and cfg.asr.enabled and not args.cuda:
+            print("Whisper passes batched across streams ...", file=sys.stderr, flush=True)
+            res["asr_batching"] = bench_asr_batching(base, video, max(ns), seconds, work)
         if "asr" not in skip and cfg.asr.enabled:
             print("streaming vs offline transcription ...", file=sys.stderr, flush=True)
             res["asr"] = bench_asr(cfg, wav, reference)

@@ -30,6 +30,8 @@ from stream.whisper_window import Decoded, DecodedWord, ShortWindow
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
     from faster_whisper import WhisperModel
 
+    from stream.asr_batch import PassDecoder
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
@@ -184,7 +186,8 @@ def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
     return word.probability < 0.1 or squeezed
 
 
-def _short_window(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortWindow]:
+def short_window(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortWindow]:
+    """The short-encoder-window decoder for this config, or None for faster-whisper's stock path."""
     if cfg.encoder_pad_seconds is None:
         return None
     try:
@@ -199,10 +202,13 @@ class StreamingTranscriber:
     """Incremental transcript of one stream. `feed` is cheap and thread-safe; `process`/`finish`
     block (run them in an executor thread, one at a time per stream)."""
 
-    def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0) -> None:
+    def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0,
+                 window: Optional["PassDecoder"] = None) -> None:
+        """`window`: a shared pass decoder (a ShortWindow, or a BatchedWindow joining other streams'
+        passes); by default one of its own, or faster-whisper's stock path without a short window."""
         self._model = model
         self._cfg = cfg
-        self._window = _short_window(model, cfg)
+        self._window = window if window is not None else short_window(model, cfg)
         self._t0 = t0
         self._lock = threading.Lock()  # feed() may run on the event loop while process() runs
         self._pending: list[np.ndarray] = []

@@ -73,6 +73,9 @@ class AsrConfig(_Section):
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_silence_ms: int = Field(500, ge=50)
     workers: int = Field(1, ge=1, le=16)
+    # Passes of up to this many streams decoded together (needs encoder_pad_seconds); 1 = one at a time.
+    batch: int = Field(1, ge=1, le=128)
+    batch_wait_ms: float = Field(10.0, ge=0, le=1000)
 
 
 class EngineConfig(_Section):

@@ -201,18 +201,23 @@ def drift(sessions: list[StreamSession], wall: float) -> tuple[list[dict[str, An
 
 
 def _batching(runtimes: list[Runtime]) -> dict[str, Any]:
+    """Batch statistics per micro-batcher (summed over runtimes): CLIP images, fusion, and Whisper
+    passes when `asr.batch` > 1."""
+    groups: dict[str, list[Any]] = {
+        "clip_image": [rt.engine.images for rt in runtimes],
+        "fusion": [rt.engine.fusion for rt in runtimes],
+        "asr": [rt.asr_batcher.batcher for rt in runtimes if rt.asr_batcher is not None],
+    }
     out: dict[str, Any] = {}
-    for name in ("images", "fusion"):
+    for name, batchers in groups.items():
+        if not batchers:
+            continue
         sizes: collections.Counter[int] = collections.Counter()
-        batches = items = 0
-        for rt in runtimes:
-            b = getattr(rt.engine, name)
+        for b in batchers:
             sizes.update(b.batch_sizes)
-            batches += b.batches
-            items += b.items
-        out["clip_image" if name == "images" else name] = {
-            "batches": batches, "items": items, "mean_batch": round(items / batches, 2) if batches else None,
-            "max_batch": max(sizes) if sizes else None, "sizes": {str(k): v for k, v in sorted(sizes.items())}}
+        batches, items = sum(b.batches for b in batchers), sum(b.items for b in batchers)
+        out[name] = {"batches": batches, "items": items, "mean_batch": round(items / batches, 2) if batches else None,
+                     "max_batch": max(sizes) if sizes else None, "sizes": {str(k): v for k, v in sorted(sizes.items())}}
     return out
 
 

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from models.factory import build_model
 
-from .asr import load_whisper
+from .asr import load_whisper, short_window
+from .asr_batch import PassDecoder, WhisperBatcher
 from .config import AppConfig
 from .engine import ModelEngine
 from .stats import LatencyStats
@@ -29,9 +30,19 @@ class Runtime:
     whisper: Any = None  # faster_whisper.WhisperModel, or None when ASR is off
     asr_executor: Optional[concurrent.futures.Executor] = None
     stats: LatencyStats = field(default_factory=LatencyStats)
+    asr_window: Any = None  # stream.whisper_window.ShortWindow shared by every stream, or None (stock path)
+    asr_batcher: Optional[WhisperBatcher] = None
+
+    def pass_decoder(self) -> Optional[PassDecoder]:
+        """What a new stream's transcriber decodes its passes with (call on the event loop)."""
+        if self.asr_batcher is not None:
+            return self.asr_batcher.for_stream(asyncio.get_running_loop())
+        return self.asr_window
 
     async def close(self) -> None:
         await self.engine.close()
+        if self.asr_batcher is not None:
+            await self.asr_batcher.close()
         if self.asr_executor is not None:
             self.asr_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -42,11 +53,16 @@ def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True, shared: bool =
     stats = LatencyStats()
     model = build_model(cfg)
     engine = ModelEngine(model, cfg.engine, stats)
-    whisper, pool = None, None
+    whisper, pool, window, batcher = None, None, None, None
     if need_asr and cfg.asr.enabled:
         whisper = load_whisper(cfg.asr, shared=shared)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=cfg.asr.workers, thread_name_prefix="sentistream-asr")
-    return Runtime(cfg, engine, whisper, pool, stats)
+        window = short_window(whisper, cfg.asr)
+        workers = cfg.asr.workers
+        if window is not None and cfg.asr.batch > 1:
+            batcher = WhisperBatcher(window, cfg.asr, stats)
+            workers = max(workers, cfg.asr.batch)  # streams wait for their batch in these threads
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentistream-asr")
+    return Runtime(cfg, engine, whisper, pool, stats, window, batcher)
 
 
 async def build_runtime(cfg: AppConfig, need_asr: bool = True) -> Runtime:

@@ -79,7 +79,8 @@ class StreamSession:
         self.frames = FrameWindow(cfg.window.seconds, cfg.window.max_frames)
         self.transcript = TranscriptWindow(cfg.window.seconds)
         asr_cfg = cfg.asr if live else cfg.asr.model_copy(update={"chunk_seconds": cfg.asr.file_chunk_seconds})
-        self.transcriber = StreamingTranscriber(runtime.whisper, asr_cfg) if self.has_audio else None
+        self.transcriber = (StreamingTranscriber(runtime.whisper, asr_cfg, window=runtime.pass_decoder())
+                            if self.has_audio else None)
         audio_chunks = max(8, int(cfg.pipeline.audio_queue_seconds / 0.02))
         if live:
             self.video_q: Any = LatestQueue(cfg.pipeline.video_queue)

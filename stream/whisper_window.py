@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ MAX_FRAMES = 3000  # Whisper's 30 s window
 _TOKENS_PER_SECOND = 8  # generous for fast speech (300 wpm is ~6.5 tokens/s)
 _MIN_NEW_TOKENS = 12
 _MAX_COMPRESSION = 2.4  # faster-whisper's default: above it a decode is "too repetitive"
+_PROMPT_TOKENS = 48  # previous-text tokens given to the decoder (~200 characters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,42 +85,66 @@ class ShortWindow:
 
     def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
         """`audio` (float32 16 kHz, <= 30 s) -> at most one Decoded; `prompt` conditions the decoder."""
+        return self.transcribe_batch([audio], [prompt])[0]
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], prompts: Sequence[Optional[str]]) -> list[list[Decoded]]:
+        """Several buffers (of several streams) in one encode, one decode and one alignment, each
+        padded with silence to the longest one's window. CTranslate2 needs the decoder prompts of a
+        batch to be equally long, so prompts keep their last `_PROMPT_TOKENS` tokens and buffers
+        with shorter ones (a stream's first sentences) are decoded in a group of their own."""
+        tokenizer = self._tokenizer
+        previous = [tokenizer.encode(" " + p.strip())[-_PROMPT_TOKENS:] if p else [] for p in prompts]
+        contents = [min(int(a.size // _HOP), MAX_FRAMES) for a in audios]
+        out: list[list[Decoded]] = [[] for _ in audios]
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(contents):
+            if c >= 2:  # under two frames there is nothing to encode
+                groups.setdefault(len(previous[i]), []).append(i)
+        for members in groups.values():
+            decoded = self._decode([audios[i] for i in members], [previous[i] for i in members],
+                                   [contents[i] for i in members])
+            for i, result in zip(members, decoded):
+                out[i] = result
+        return out
+
+    def _decode(self, audios: list[np.ndarray], previous: list[list[int]], contents: list[int]) -> list[list[Decoded]]:
         from faster_whisper.transcribe import merge_punctuations
 
         model, tokenizer = self._model, self._tokenizer
-        # Pad with silent audio, not with zeros after normalisation: log-mel of silence sits at the
-        # spectrogram's floor (max - 8), which is what Whisper saw after speech in training.
-        content = min(int(audio.size // _HOP), MAX_FRAMES)
-        if content < 2:
-            return []
-        frames = encoder_frames(content, self._pad)
-        padded = np.zeros(frames * _HOP, dtype=np.float32)
-        padded[:min(audio.size, padded.size)] = audio[:padded.size]
-        window = model.feature_extractor(padded, padding=0)[:, :frames]
-        if window.shape[-1] < frames:
-            window = np.pad(window, ((0, 0), (0, frames - window.shape[-1])), mode="edge")
-        encoded = model.encode(window)
-
-        previous = tokenizer.encode(" " + prompt.strip()) if prompt else []
-        tokens_in = model.get_prompt(tokenizer, previous, without_timestamps=True)
-        budget = _MIN_NEW_TOKENS + int(_TOKENS_PER_SECOND * content / FRAMES_PER_SECOND)
-        result: Any = model.model.generate(
-            encoded, [tokens_in],
+        frames = max(encoder_frames(c, self._pad) for c in contents)
+        encoded = model.encode(np.stack([self._features(a, frames) for a in audios]))
+        starts = [model.get_prompt(tokenizer, prev, without_timestamps=True) for prev in previous]
+        budgets = [_MIN_NEW_TOKENS + int(_TOKENS_PER_SECOND * c / FRAMES_PER_SECOND) for c in contents]
+        results: Any = model.model.generate(
+            encoded, starts,
             beam_size=self._beam_size,
-            max_length=min(model.max_length, len(tokens_in) + budget),
+            max_length=min(model.max_length, len(starts[0]) + max(budgets)),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-        )[0]
-        tokens = _drop_restart([t for t in result.sequences_ids[0] if t < tokenizer.eot])
-        text = tokenizer.decode(tokens)
-        if not tokens or compression_ratio(text) > _MAX_COMPRESSION:
-            return []  # nothing, or a repetition loop
-        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)  # as faster-whisper computes it
+        )
+        tokens = [_drop_restart([t for t in r.sequences_ids[0] if t < tokenizer.eot][:budget])
+                  for r, budget in zip(results, budgets)]
+        alignments = model.find_alignment(tokenizer, tokens, encoded, contents)
+        out: list[list[Decoded]] = []
+        for toks, result, alignment in zip(tokens, results, alignments):
+            if not toks or compression_ratio(tokenizer.decode(toks)) > _MAX_COMPRESSION:
+                out.append([])  # nothing, or a repetition loop
+                continue
+            merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
+            words = [DecodedWord(round(a["start"], 2), round(a["end"], 2), a["word"], a["probability"])
+                     for a in alignment if a["word"]]
+            avg_logprob = result.scores[0] * len(toks) / (len(toks) + 1)  # as faster-whisper computes it
+            out.append([Decoded(words, result.no_speech_prob, avg_logprob)])
+        return out
 
-        alignment = model.find_alignment(tokenizer, [tokens], encoded, content)[0]
-        merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
-        words = [DecodedWord(round(a["start"], 2), round(a["end"], 2), a["word"], a["probability"])
-                 for a in alignment if a["word"]]
-        return [Decoded(words, result.no_speech_prob, avg_logprob)]
+    def _features(self, audio: np.ndarray, frames: int) -> np.ndarray:
+        # Pad with silent audio, not with zeros after normalisation: log-mel of silence sits at the
+        # spectrogram's floor (max - 8), which is what Whisper saw after speech in training.
+        padded = np.zeros(frames * _HOP, dtype=np.float32)
+        padded[:min(audio.size, padded.size)] = audio[:padded.size]
+        window = self._model.feature_extractor(padded, padding=0)[:, :frames]
+        if window.shape[-1] < frames:
+            window = np.pad(window, ((0, 0), (0, frames - window.shape[-1])), mode="edge")
+        return window

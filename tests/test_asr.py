@@ -148,6 +148,26 @@ def test_short_window_transcribes_one_sentence(whisper, speech_clip, clip_audio)
     assert [w.start for w in words] == sorted(w.start for w in words)
 
 
+def test_batch_of_streams_decodes_each_buffer(whisper, speech_clip, clip_audio):
+    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    buffers, references = [], []
+    for sentence, start, end in speech_clip[1][2:4]:
+        buffers.append(clip_audio[int((start - 0.3) * SAMPLE_RATE):int((end + 0.3) * SAMPLE_RATE)])
+        references.append(sentence)
+    prompts = [None, "My brother likes to play football."]
+    batch = window.transcribe_batch([*buffers, np.zeros(SAMPLE_RATE, np.float32), np.zeros(10, np.float32)],
+                                    [*prompts, None, None])
+    assert len(batch) == 4
+    for audio, reference, prompt, got in zip(buffers, references, prompts, batch):
+        words = got[0].words
+        assert wer(reference, " ".join(w.word for w in words)) <= 0.2, words  # its own audio, not a neighbour's
+        assert all(0.0 <= w.start <= w.end <= audio.size / SAMPLE_RATE + 0.05 for w in words)
+        alone = window.transcribe(audio, prompt)[0].words
+        assert wer(" ".join(w.word for w in alone), " ".join(w.word for w in words)) <= 0.15
+    assert not batch[2] or batch[2][0].no_speech_prob > 0.5  # silence: nothing, or flagged as no speech
+    assert batch[3] == []  # under two frames
+
+
 def test_short_window_on_silence_says_nothing(whisper):
     window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames

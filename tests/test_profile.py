@@ -30,6 +30,34 @@ def clip(tmp_path_factory) -> Path:
     return make_video(d / "clip.mp4", 4.0, audio=wav)
 
 
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    require_tools("espeak-ng")
+    sentences = ["My brother likes to play football with his friends.", "We should finish the report before noon."]
+    wav, _ = make_speech_clip(sentences, 0.6, tmp_path_factory.mktemp("speech") / "speech.wav", wpm=160)
+    return wav
+
+
+def test_whisper_passes_of_streams_are_batched(speech):
+    # Three streams of the same speech in file mode race through it: their passes must meet in
+    # shared Whisper batches, and every stream must still get its own full transcript.
+    cfg = load_config(str(TINY), ["asr.batch=4", "asr.batch_wait_ms=50"])
+    finals: dict[str, list[str]] = {}
+
+    def collect(event: dict) -> None:
+        if event["type"] == "transcript" and event["final"]:
+            finals.setdefault(event["stream"], []).append(event["text"])
+
+    result = asyncio.run(run_profile(cfg, str(speech), streams=3, on_event=collect))
+    asr = result.report["batching"]["asr"]
+    assert asr["items"] >= 3 and asr["max_batch"] >= 2, asr
+    assert sorted(finals) == ["0", "1", "2"]
+    for texts in finals.values():
+        text = " ".join(texts).lower()
+        assert "football" in text and "report" in text, texts
+    assert not result.report["errors"]
+
+
 def video_frames(path: Path) -> int:
     with av.open(str(path)) as c:
         return sum(1 for _ in c.decode(video=0))
@@ -101,6 +129,8 @@ def test_bench_quick(tmp_path):
     assert 0 <= asr["streaming"]["wer"] <= 1 and 0 <= asr["offline"]["wer"] <= 1
     assert asr["streaming"]["lag_p95_ms"] > 0
     assert asr["streaming_full_window"]["passes"] > 0 and asr["pass_p50_ratio_full_over_short"] > 0
+    batching = data["asr_batching"]["rows"]
+    assert [r["asr_batch"] for r in batching] == [1, 2] and all(r["lag_p95_ms"] > 0 for r in batching)
     md = out.with_suffix(".md").read_text()
     assert "| streams |" in md and "WER" in md and "stock 30 s window" in md
 
