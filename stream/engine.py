@@ -11,7 +11,7 @@ import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -98,6 +98,9 @@ class MicroBatcher(Generic[T, R]):
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._fn, [item for item, _ in live])
+            except asyncio.CancelledError:  # closed mid-batch: nobody may wait forever
+                _fail(live, RuntimeError(f"{self.name} batcher closed"))
+                raise
             except Exception as exc:  # deliver the failure to every waiter, keep serving
                 for _, fut in live:
                     if not fut.done():
@@ -121,6 +124,16 @@ class MicroBatcher(Generic[T, R]):
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+        queued = []
+        while self._queue is not None and not self._queue.empty():
+            queued.append(self._queue.get_nowait())
+        _fail(queued, RuntimeError(f"{self.name} batcher closed"))
+
+
+def _fail(waiters: Sequence[tuple[object, "asyncio.Future[Any]"]], exc: Exception) -> None:
+    for _, fut in waiters:
+        if not fut.done():
+            fut.set_exception(exc)
 
 
 class TextStateCache:

@@ -49,6 +49,26 @@ async def test_batcher_failure_reaches_every_waiter_and_it_keeps_serving(pool):
     await batcher.close()
 
 
+async def test_closing_a_batcher_releases_every_waiter(pool):
+    # Whisper passes wait on the batcher from worker threads: a close mid-batch, or with requests
+    # still queued, must fail them at once, not leave threads blocked.
+    import threading
+
+    release = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    batcher = MicroBatcher("t", slow, pool, max_batch=1, max_wait_ms=0)
+    waiters = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    await asyncio.sleep(0.1)  # the first is running, two are queued
+    await batcher.close()
+    release.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 2)
+    assert all(isinstance(o, RuntimeError) and "closed" in str(o) for o in outcomes), outcomes
+
+
 def test_frame_window_cuts_at_its_end_and_bounds_memory():
     w = FrameWindow(seconds=2.0, max_frames=3, retain=10)
     for i in range(20):
