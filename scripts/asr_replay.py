@@ -87,7 +87,7 @@ def wer(reference: str, hypothesis: str) -> float:
 
 
 def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:
-    from stream.asr import load_whisper
+    from stream.whisper_model import load_whisper
     from stream.config import load_config
 
     cfg = load_config(str(ROOT / "configs" / "default.yaml"), [*base, *overrides]).asr

@@ -213,7 +213,7 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def bench_asr(cfg: Any, wav: Path, reference: str) -> dict[str, Any]:
     import jiwer
 
-    from stream.asr import load_whisper
+    from stream.whisper_model import load_whisper
     from stream.audio import SAMPLE_RATE, load_audio_16k
     from stream.profile import run_profile
 

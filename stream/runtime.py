@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from models.factory import build_model
 
-from .asr import load_whisper, short_window
+from .asr import short_window
+from .whisper_model import load_whisper
 from .asr_batch import PassDecoder, WhisperBatcher
 from .config import AppConfig
 from .engine import ModelEngine

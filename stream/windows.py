@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .asr import Word
+from .agreement import Word
 
 
 @dataclass(slots=True)

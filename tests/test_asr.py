@@ -14,7 +14,9 @@ import pytest
 from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools
 
 SENTENCES = list(SPEECH_SCRIPT)
-from stream.asr import StreamingTranscriber, TranscriptUpdate, Word, _agreement, load_whisper, normalize
+from stream.agreement import Word, agreement, normalize
+from stream.asr import StreamingTranscriber, TranscriptUpdate
+from stream.whisper_model import load_whisper
 from stream.whisper_window import ShortWindow, _drop_restart, encoder_frames
 from stream.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.config import AsrConfig
@@ -251,24 +253,24 @@ def _hyp(text: str, t0: float = 0.0) -> list[Word]:
 
 
 def test_agreement_is_the_shared_prefix():
-    assert _agreement(_hyp("the sun is"), _hyp("The sun, is shining"), 99, 99) == 3  # case/punctuation
-    assert _agreement(_hyp("the sun is"), _hyp("a moon was shining"), 99, 99) == 0
+    assert agreement(_hyp("the sun is"), _hyp("The sun, is shining"), 99, 99) == 3  # case/punctuation
+    assert agreement(_hyp("the sun is"), _hyp("a moon was shining"), 99, 99) == 0
 
 
 def test_agreement_resyncs_after_a_misheard_word():
     # One word heard two ways must not hold back the rest of the sentence; the newer pass wins it.
     prev, new = _hyp("but we're very lovely today and the"), _hyp("but wherever is lovely today and the sun")
-    assert _agreement(prev, new, 99, 99) == 7
+    assert agreement(prev, new, 99, 99) == 7
     # ... but only when both passes agree again at the same time, within a few words.
     shifted = _hyp("but wherever is", 0.0) + _hyp("lovely today and the", 2.0)
-    assert _agreement(prev, shifted, 99, 99) == 1
-    assert _agreement(_hyp("a b c d e f g h"), _hyp("a p q r s f g h"), 99, 99) == 1
+    assert agreement(prev, shifted, 99, 99) == 1
+    assert agreement(_hyp("a b c d e f g h"), _hyp("a p q r s f g h"), 99, 99) == 1
 
 
 def test_agreement_waits_for_words_at_the_audio_edge():
     prev, new = _hyp("the sun is shining"), _hyp("the sun is shining over")
-    assert _agreement(prev, new, settled=0.9, prev_settled=99) == 2  # "is" ends at 1.1 in the new pass
-    assert _agreement(prev, new, settled=99, prev_settled=0.9) == 2  # ... or in the previous one
+    assert agreement(prev, new, settled=0.9, prev_settled=99) == 2  # "is" ends at 1.1 in the new pass
+    assert agreement(prev, new, settled=99, prev_settled=0.9) == 2  # ... or in the previous one
 
 
 # ------------------------------------------------- LocalAgreement logic with a scripted "model"
