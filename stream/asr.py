@@ -80,7 +80,7 @@ def short_window(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortWindow]
         return None
     try:
         return ShortWindow(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
-    except Exception as exc:  # a faster-whisper whose internals moved: its own (slower) path still works
+    except Exception as exc:  # language detection, or faster-whisper internals that moved: the stock path works
         log.warning("short Whisper encoder window unavailable (%s); using 30 s windows", one_line(exc, 120))
         return None
 

@@ -79,8 +79,10 @@ class ShortWindow:
         self._pad = pad_seconds
         self._beam_size = beam_size
         multilingual = model.model.is_multilingual
+        if multilingual and not language:
+            raise ValueError("asr.language is unset: language detection needs the stock 30 s window")
         self._tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
-                                    language=(language or "en") if multilingual else "en")
+                                    language=language if multilingual else "en")
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
 
     def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
