@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `impor
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-_PROMPT_CHARS = 200  # tail of committed text given to Whisper as context
+_PROMPT_CHARS = 200  # tail of committed text given to the stock path as context
 _TIME_TOL = 0.1  # s: words starting this much before the last commit are treated as already committed
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
@@ -271,17 +271,17 @@ class StreamingTranscriber:
             temperature=0.0,  # no fallback re-decodes: agreement already rejects unstable text
             word_timestamps=True,
             condition_on_previous_text=False,
-            initial_prompt=prompt,
+            initial_prompt=prompt[-_PROMPT_CHARS:].lstrip() if prompt else None,
             vad_filter=False,  # our VAD already gated this buffer
         )
         return [Decoded([DecodedWord(w.start, w.end, w.word, w.probability) for w in seg.words or []],
                         seg.no_speech_prob, seg.avg_logprob) for seg in segments]
 
     def _prompt(self) -> str:
-        # Only text whose audio has left the buffer: the rest will be heard again.
+        # Only text whose audio has left the buffer: the rest will be heard again. Each decoder
+        # bounds it itself (the short window by tokens, so batched prompts come out equally long).
         limit = self._time(self._buf_start) + _TIME_TOL
-        text = " ".join(w.text for w in self._committed if w.end <= limit)
-        return text[-_PROMPT_CHARS:].lstrip()
+        return " ".join(w.text for w in self._committed if w.end <= limit)
 
     # -- commits -------------------------------------------------------------------------------
     def _new_words(self, words: Iterable[Word]) -> list[Word]:

@@ -170,6 +170,27 @@ def test_batch_of_streams_decodes_each_buffer(whisper, speech_clip, clip_audio):
     assert batch[3] == []  # under two frames
 
 
+def test_streams_with_different_histories_share_one_batch(whisper, speech_clip, clip_audio, monkeypatch):
+    # CTranslate2 batches only equally long decoder prompts: the transcriber must hand the window
+    # enough committed text for its token limit (200 characters of long words are < 48 tokens).
+    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    prompts = []
+    for vocabulary in ("a big red dog ran to me", "extraordinarily uncharacteristic incomprehensibilities"):
+        tr = StreamingTranscriber(whisper, AsrConfig(), window=window)
+        words = (vocabulary.split() * 60)[:120]
+        tr._commit([Word(0.3 * i, 0.3 * i + 0.2, w) for i, w in enumerate(words)])
+        tr._buf_start = 60 * SAMPLE_RATE  # their audio has left the buffer
+        prompts.append(tr._prompt())
+    _, start, end = speech_clip[1][0]
+    audio = clip_audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
+    groups: list[int] = []
+    decode = window._decode
+    monkeypatch.setattr(window, "_decode", lambda audios, *rest: groups.append(len(audios)) or decode(audios, *rest))
+    batch = window.transcribe_batch([audio, audio], prompts)
+    assert groups == [2], groups
+    assert all(got and got[0].words for got in batch)
+
+
 def test_short_window_on_silence_says_nothing(whisper):
     window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
