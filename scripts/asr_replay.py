@@ -78,15 +78,9 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], st
     return lags, " ".join(words), tr.passes
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    import jiwer
-
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
-    return float(jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm))
-
-
 def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:
+    from media import wer
+
     from stream.whisper_model import load_whisper
     from stream.config import load_config
 

@@ -211,17 +211,14 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def bench_asr(cfg: Any, wav: Path, reference: str) -> dict[str, Any]:
-    import jiwer
+    from media import wer as media_wer
 
-    from stream.whisper_model import load_whisper
     from stream.audio import SAMPLE_RATE, load_audio_16k
     from stream.profile import run_profile
-
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    from stream.whisper_model import load_whisper
 
     def wer(hyp: str) -> float:
-        return round(float(jiwer.wer(reference, hyp, reference_transform=norm, hypothesis_transform=norm)), 4)
+        return round(media_wer(reference, hyp), 4)
 
     def streaming(run_cfg: Any) -> dict[str, Any]:
         events: list[dict] = []

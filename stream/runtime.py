@@ -10,11 +10,12 @@ from typing import Any, Optional
 from models.factory import build_model
 
 from .asr import short_window
-from .whisper_model import load_whisper
 from .asr_batch import PassDecoder, WhisperBatcher
 from .config import AppConfig
 from .engine import ModelEngine
 from .stats import LatencyStats
+from .whisper_model import load_whisper
+from .whisper_window import ShortWindow
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Runtime:
     whisper: Any = None  # faster_whisper.WhisperModel, or None when ASR is off
     asr_executor: Optional[concurrent.futures.Executor] = None
     stats: LatencyStats = field(default_factory=LatencyStats)
-    asr_window: Any = None  # stream.whisper_window.ShortWindow shared by every stream, or None (stock path)
+    asr_window: Optional[ShortWindow] = None  # shared by every stream; None: faster-whisper's stock path
     asr_batcher: Optional[WhisperBatcher] = None
 
     def pass_decoder(self) -> Optional[PassDecoder]:

@@ -31,6 +31,15 @@ SPEECH_SCRIPT: tuple[str, ...] = (
 )
 
 
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, ignoring case, punctuation and spacing (tests and benchmarks alike)."""
+    import jiwer
+
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    return float(jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm))
+
+
 def require_tools(*names: str) -> None:
     """Skip the calling test when a Debian tool is missing (`make apt` installs them)."""
     import pytest

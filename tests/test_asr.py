@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import jiwer
 import numpy as np
 import pytest
 
-from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools
+from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
 
 SENTENCES = list(SPEECH_SCRIPT)
 from stream.agreement import Word, agreement, normalize
@@ -25,23 +24,6 @@ from stream.errors import UserError
 FEED_SECONDS = 0.5
 # The full 43 s clip streams in ~20 s of CPU on 2 cores (~45 Whisper passes): > 30 s wall here.
 slow = pytest.mark.slow
-
-_WER_TRANSFORM = jiwer.Compose(
-    [
-        jiwer.ToLowerCase(),
-        jiwer.RemovePunctuation(),
-        jiwer.RemoveMultipleSpaces(),
-        jiwer.Strip(),
-        jiwer.ReduceToListOfListOfWords(),
-    ]
-)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return jiwer.wer(
-        reference, hypothesis, reference_transform=_WER_TRANSFORM, hypothesis_transform=_WER_TRANSFORM
-    )
-
 
 @dataclass
 class StreamRun:

@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import av
-import jiwer
 import pytest
 
-from tests.media import make_speech_clip, make_video, require_tools
+from tests.media import make_speech_clip, make_video, require_tools, wer
 
 ROOT = Path(__file__).parent.parent
 TINY = str(ROOT / "configs" / "tiny-test.yaml")
@@ -40,12 +39,6 @@ def read_events(path: Path) -> list[dict]:
 
 def final_text(events: list[dict]) -> str:
     return " ".join(e["text"] for e in events if e["type"] == "transcript" and e["final"])
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
-    return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
 
 
 def check_sentiment_events(events: list[dict], duration: float, hop: float = 0.5) -> list[dict]:
