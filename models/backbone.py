@@ -21,22 +21,29 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from stream.config import VisionConfig
-from stream.errors import UserError, one_line
+from .config import VisionConfig
+from .errors import UserError, WeightsUnavailable, one_line
 
 log = logging.getLogger(__name__)
-# open_clip warns through the root logger when it builds random weights; we say so ourselves.
-# It also logs download failures as errors; we raise one clear line instead.
-logging.getLogger().addFilter(
-    lambda rec: not any(m in rec.getMessage() for m in ("No pretrained weights loaded", "Failed to download weights"))
-)
 
 RANDOM = "random"
 _register_lock = threading.Lock()
 
 
-class WeightsUnavailable(UserError):
-    """Pretrained CLIP weights could not be had (offline and not cached, or a bad path)."""
+def _quiet_open_clip(record: logging.LogRecord) -> bool:
+    # open_clip warns through the root logger when it builds random weights (we say so ourselves)
+    # and logs download failures as errors (we raise one clear line instead).
+    return not any(m in record.getMessage() for m in ("No pretrained weights loaded", "Failed to download weights"))
+
+
+@contextlib.contextmanager
+def _open_clip_logs_filtered() -> Iterator[None]:
+    root = logging.getLogger()
+    root.addFilter(_quiet_open_clip)
+    try:
+        yield
+    finally:
+        root.removeFilter(_quiet_open_clip)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -238,7 +245,8 @@ def create_backbone(cfg: VisionConfig) -> ClipBackbone:
     dtype = resolve_dtype(cfg.precision, device)
     if dtype != torch.float32 and device.type == "cpu":
         raise UserError(f"vision.precision={cfg.precision} is for GPUs; use fp32 or auto on the CPU")
-    clip, weights = _create(cfg, device)
+    with _open_clip_logs_filtered():
+        clip, weights = _create(cfg, device)
     if not hasattr(clip, "token_embedding"):
         raise UserError(f"CLIP model '{cfg.model}' has a custom text tower; sentistream needs an open_clip CLIP with a built-in text transformer")
     tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.arch is None else open_clip.SimpleTokenizer()

@@ -11,8 +11,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from stream.config import AppConfig
-from stream.errors import UserError
+from .config import ModelConfig
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 FORMAT = "sentistream-checkpoint/1"
@@ -23,7 +23,7 @@ META_FILE = "meta.json"
 ARCH_KEYS = ("layers", "heads", "ffn_mult", "time_embedding", "modalities", "uncertainty")
 
 
-def save_checkpoint(out_dir: str | Path, fusion: torch.nn.Module, cfg: AppConfig, embed_dim: int, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(out_dir: str | Path, fusion: torch.nn.Module, cfg: ModelConfig, embed_dim: int, extra: dict[str, Any] | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in fusion.state_dict().items()}
@@ -55,7 +55,7 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(ckpt_dir: str | Path, fusion: torch.nn.Module, cfg: AppConfig, embed_dim: int) -> dict[str, Any]:
+def load_checkpoint(ckpt_dir: str | Path, fusion: torch.nn.Module, cfg: ModelConfig, embed_dim: int) -> dict[str, Any]:
     """Loads tensors into `fusion` after checking backbone and architecture against `cfg`."""
     d = Path(ckpt_dir)
     meta = read_meta(d)

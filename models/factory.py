@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from stream.config import AppConfig
+from .config import ModelConfig
 
 from .backbone import ClipBackbone, create_backbone
 from .checkpoint import load_checkpoint
@@ -38,13 +38,13 @@ def prompt_embeddings(backbone: ClipBackbone) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def build_fusion(backbone: ClipBackbone, cfg: AppConfig) -> ClipCaMsa:
+def build_fusion(backbone: ClipBackbone, cfg: ModelConfig) -> ClipCaMsa:
     scale = float(backbone.clip.logit_scale.exp().item())
     fusion = ClipCaMsa(backbone.embed_dim, cfg.model, prompt_embeddings(backbone).cpu(), scale)
     return fusion.to(backbone.device).eval()
 
 
-def build_model(cfg: AppConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
+def build_model(cfg: ModelConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
     fusion = build_fusion(backbone, cfg)
     if cfg.model.checkpoint:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stream.config import FusionConfig
+from .config import FusionConfig
 
 from .prompts import LABELS
 from .uncertainty import HEADS, combine, head_weights

@@ -31,7 +31,7 @@ PACKET_SECONDS = 0.02
 def make_clips(work: Path) -> dict[str, tuple[np.ndarray, str]]:
     from media import SPEECH_SCRIPT, make_speech_clip
 
-    from stream.audio import load_audio_16k
+    from stream.sources.audio import load_audio_16k
 
     clips: dict[str, tuple[np.ndarray, str]] = {}
     for name, sentences, pause, wpm in (("script-150wpm", list(SPEECH_SCRIPT), 1.0, 150),
@@ -81,7 +81,7 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], st
 def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:
     from media import wer
 
-    from stream.whisper_model import load_whisper
+    from stream.asr.model import load_whisper
     from stream.config import load_config
 
     cfg = load_config(str(ROOT / "configs" / "default.yaml"), [*base, *overrides]).asr

@@ -213,9 +213,9 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def bench_asr(cfg: Any, wav: Path, reference: str) -> dict[str, Any]:
     from media import wer as media_wer
 
-    from stream.audio import SAMPLE_RATE, load_audio_16k
+    from stream.sources.audio import SAMPLE_RATE, load_audio_16k
     from stream.profile import run_profile
-    from stream.whisper_model import load_whisper
+    from stream.asr.model import load_whisper
 
     def wer(hyp: str) -> float:
         return round(media_wer(reference, hyp), 4)
@@ -362,7 +362,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return fail("--cuda needs a CUDA GPU visible to torch, and torch.cuda.is_available() is False here "
                     "(no NVIDIA GPU/driver, or a CPU-only torch build); run the CPU benchmark without --cuda")
     from stream.config import ConfigError, load_config
-    from stream.errors import UserError
+    from models.errors import UserError
 
     config = args.config or str(ROOT / "configs" / ("gpu.yaml" if args.cuda else "default.yaml"))
     overrides = ["vision.pretrained=random", *args.overrides]

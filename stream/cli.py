@@ -11,19 +11,18 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from .config import AppConfig, ConfigError, default_config_path, load_config
-from .errors import UserError
+from models.errors import UserError
 
-EXIT_USER_ERROR = 2
-EXIT_NO_WEIGHTS = 3  # pretrained CLIP weights could not be had: `make demo` falls back loudly on this
+from .config import AppConfig, default_config_path, load_config
+
 
 # command -> "module:function"; each function takes (cfg, args) and returns an exit code.
 COMMANDS: dict[str, str] = {
-    "run": "stream.run_command:main",
-    "serve": "stream.server:main",
-    "profile": "stream.profile:main",
-    "train": "models.train:main",
-    "evaluate": "models.evaluate:main",
+    "run": "stream.commands.run:main",
+    "serve": "stream.commands.serve:main",
+    "profile": "stream.commands.profile:main",
+    "train": "stream.commands.train:main",
+    "evaluate": "stream.commands.evaluate:main",
 }
 
 
@@ -79,15 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(command: str) -> Optional[Callable[[AppConfig, argparse.Namespace], int]]:
+def _resolve(command: str) -> Callable[[AppConfig, argparse.Namespace], int]:
+    """Commands are imported on use: `sentistream run` never loads the server or the trainer."""
     module_name, func = COMMANDS[command].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            return None
-        raise
-    return getattr(module, func)
+    return getattr(importlib.import_module(module_name), func)
 
 
 def _config_path(args: argparse.Namespace) -> Optional[str]:
@@ -102,14 +96,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(_config_path(args), args.overrides)
-        handler = _resolve(args.command)
-        if handler is None:
-            print(f"sentistream {args.command}: not built yet", file=sys.stderr)
-            return EXIT_USER_ERROR
-        return int(handler(cfg, args) or 0)
-    except (ConfigError, UserError) as exc:
+        return int(_resolve(args.command)(cfg, args) or 0)
+    except UserError as exc:  # ConfigError and WeightsUnavailable included, each with its exit code
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_NO_WEIGHTS if type(exc).__name__ == "WeightsUnavailable" else EXIT_USER_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,7 @@
-"""Events (JSON Lines): every event has `type`, `stream`, `t` (media seconds)."""
+"""Events (JSON Lines): every event has `type`, `stream`, `t` (media seconds).
+
+One constructor (`make_event`), one encoder (`encode_event`: JSONL, the data channel), the sinks,
+and the one wording of the warnings every entry point gives about its input (`input_warnings`)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +10,37 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Protocol
 
+from models.errors import UserError
+
 EventListener = Callable[[dict[str, Any]], None]
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "CLIP weights are random (vision.pretrained=random): estimates carry no meaning; "
+    "use this for latency work and tests only"
+)
 
 
 def make_event(kind: str, stream: str, t: float, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "stream": stream, "t": round(float(t), 3), **fields}
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """One event as one line of compact JSON (UTF-8 kept as is)."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def input_warnings(description: str, *, weights: str, has_video: bool, has_audio: bool, asr_enabled: bool,
+                   video_track: str = "video track", audio_track: str = "audio track") -> list[str]:
+    """What a user must know about an input before its estimates: random weights, a missing modality."""
+    out = [RANDOM_WEIGHTS_WARNING] if weights == "random" else []
+    if not has_audio:
+        out.append(f"{description} has no {audio_track}: visual-only estimates (text weight 0)")
+    elif not asr_enabled:
+        out.append("speech recognition is off (asr.enabled is false): visual-only estimates (text weight 0)")
+    if not has_video:
+        out.append(f"{description} has no {video_track}: text-only estimates (image weight 0)")
+    return out
 
 
 class EventSink(Protocol):
@@ -27,13 +56,11 @@ class JsonlSink:
         try:
             self._fh: IO[str] = open(path, "w", encoding="utf-8") if self._own else sys.stdout  # type: ignore[arg-type]
         except OSError as exc:
-            from .errors import UserError
-
             raise UserError(f"cannot write events to {path}: {exc.strerror}") from None
         self._lock = threading.Lock()
 
     def emit(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        line = encode_event(event)
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()

@@ -1,41 +1,27 @@
-"""Rate control for live media: the frame sampler (fps cap) and the drop-oldest queue that keeps
-latency flat when compute is slower than the source."""
+"""The queues between a source and a stream's workers, one Protocol for both clock policies:
+`LatestQueue` (live: bounded, drops the oldest item, never blocks the source) and `FileQueue`
+(files: bounded, back-pressure, loses nothing). Both end with the `CLOSED` sentinel."""
 from __future__ import annotations
 
 import asyncio
 import collections
-import math
-from typing import Any, Optional
+from typing import Any, Protocol
 
 
-class FrameSampler:
-    """Keeps at most `fps` frames per media second, on a fixed grid so the rate does not drift.
+CLOSED: Any = object()  # what get() returns once a closed queue is drained
 
-    The first frame is kept; each next one once t reaches the next slot (previous slot + 1/fps). A
-    frame a little early still counts (tolerance: 10 % of the period, but under half the source's
-    frame interval, so 30 -> 2 fps keeps exactly 2/s). After a gap, or if time goes backwards, the
-    grid restarts at the frame. `fps <= 0` or infinite keeps every frame.
-    """
 
-    def __init__(self, fps: float) -> None:
-        self.fps = fps
-        self.period = 0.0 if fps <= 0 or math.isinf(fps) else 1.0 / fps
-        self._next: Optional[float] = None
-        self._prev: Optional[float] = None  # last frame seen, kept or not
+class MediaQueue(Protocol):
+    """What a stream's branch reads from: `get()` waits, `get_nowait()` returns None when empty;
+    both return `CLOSED` after `close()` once drained. `dropped` counts items lost (live only)."""
 
-    def keep(self, t: float) -> bool:
-        if self.period == 0.0:
-            return True
-        prev, self._prev = self._prev, t
-        if self._next is None or (prev is not None and t < prev):
-            self._next = t + self.period
-            return True
-        tol = 0.1 * self.period if prev is None else min(0.1 * self.period, 0.5 * (t - prev))
-        if t < self._next - tol:
-            return False
-        # Advance by one slot from the schedule (not from t) so rounding never accumulates.
-        self._next = self._next + self.period if t < self._next + self.period else t + self.period
-        return True
+    dropped: int
+
+    async def put(self, item: Any) -> None: ...
+    async def get(self) -> Any: ...
+    def get_nowait(self) -> Any: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class LatestQueue:
@@ -47,7 +33,7 @@ class LatestQueue:
     discarded. Not thread-safe: from a source thread use `loop.call_soon_threadsafe(q.put_nowait, x)`.
     """
 
-    CLOSED: Any = object()
+    CLOSED = CLOSED
 
     def __init__(self, maxsize: int = 1) -> None:
         if maxsize < 1:
@@ -57,6 +43,10 @@ class LatestQueue:
         self.closed = False
         self._items: collections.deque[Any] = collections.deque()
         self._event = asyncio.Event()
+
+    async def put(self, item: Any) -> None:
+        """Never waits: the source must not be slowed down by compute."""
+        self.put_nowait(item)
 
     def put_nowait(self, item: Any) -> None:
         if self.closed:
@@ -87,3 +77,39 @@ class LatestQueue:
     def close(self) -> None:
         self.closed = True
         self._event.set()
+
+    def abort(self) -> None:
+        """The consumer died: nothing more will be read (a live source never blocks on us anyway)."""
+        self.close()
+
+
+class FileQueue:
+    """Bounded queue for files: `put` waits for room (back-pressure) instead of dropping."""
+
+    def __init__(self, maxsize: int):
+        self._q: asyncio.Queue = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.aborted = False
+
+    async def put(self, item: Any) -> None:
+        if not self.aborted:
+            await self._q.put(item)
+
+    def abort(self) -> None:
+        """The consumer died: empty the queue so a blocked producer wakes up, refuse the rest."""
+        self.aborted = True
+        while not self._q.empty():
+            self._q.get_nowait()
+
+    def close(self) -> None:
+        """Queue the end marker after everything already queued (waits for room if full)."""
+        if self._q.full():
+            asyncio.ensure_future(self._q.put(CLOSED))
+        else:
+            self._q.put_nowait(CLOSED)
+
+    async def get(self) -> Any:
+        return await self._q.get()
+
+    def get_nowait(self) -> Any:
+        return self._q.get_nowait() if not self._q.empty() else None

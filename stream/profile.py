@@ -24,12 +24,14 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from models.errors import UserError
+
 from .config import AppConfig
-from .errors import UserError
-from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime, build_runtime_blocking
-from .session import StreamSession, pump
-from .sources import MediaItem, MediaSource, VideoFrame, open_source
-from .stats import LatencyStats
+from .events import input_warnings
+from .metrics import LatencyStats
+from .runtime import Runtime, build_runtime, build_runtime_blocking
+from .session import StreamSession
+from .sources import MediaItem, MediaSource, VideoFrame, open_source, pump
 
 STAGES = ("decode", "clip_image", "asr", "clip_text", "fusion", "frame_to_estimate", "transcript_lag")
 DRIFT_STAGE = "frame_to_estimate"
@@ -115,16 +117,14 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
         else:
             for _ in range(streams):
                 runtimes.append(await asyncio.to_thread(build_runtime_blocking, cfg, info.has_audio, False))
-        if runtimes[0].engine.weights == "random":
-            _warn(RANDOM_WEIGHTS_WARNING)
-        if not info.has_audio:
-            _warn(f"{info.description} has no audio track: no asr / transcript_lag samples")
+        for message in input_warnings(info.description, weights=runtimes[0].engine.weights, has_video=info.has_video,
+                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled):
+            _warn(message)
         origin = time.perf_counter()
         emit = on_event or (lambda event: None)
         sessions = [StreamSession(str(i), runtimes[i if not shared else 0], emit, live=info.live,
-                                  has_video=info.has_video, has_audio=info.has_audio) for i in range(streams)]
-        for s in sessions:
-            s.stats = TimedStats(origin)
+                                  has_video=info.has_video, has_audio=info.has_audio, stats=TimedStats(origin))
+                    for i in range(streams)]
         runners = [asyncio.create_task(s.run(), name=f"profile-{s.name}") for s in sessions]
         pumps = [pump(timed_frames(src, s.stats, duration), s, executor=pool) for src, s in zip(sources, sessions)]
         try:
@@ -305,31 +305,3 @@ def plot_histograms(stats: LatencyStats, path: str, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-def _summary_line(report: dict[str, Any]) -> str:
-    return (f"{report['streams']} stream(s), {report['mode']}, {report['engine']} engine on {report['device']}: "
-            f"realtime x{report['realtime_factor']}, frames in {report['frames_in']}, processed "
-            f"{report['frames_processed']}, dropped {report['frames_dropped']}, peak RSS {report['peak_rss_mb']} MB")
-
-
-def main(cfg: AppConfig, args: argparse.Namespace) -> int:
-    result = asyncio.run(run_profile(cfg, args.source, streams=args.streams, realtime=args.realtime,
-                                     duration=args.duration))
-    report = result.report
-    print(format_table(report), flush=True)
-    print(_summary_line(report), file=sys.stderr)
-    if args.json:
-        try:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot write the report to {args.json}: {exc.strerror}") from None
-    if args.plot:
-        title = f"{args.source}: {report['streams']} stream(s), {report['mode']}, {report['device']}"
-        try:
-            plot_histograms(result.stats, args.plot, title)
-        except OSError as exc:
-            raise UserError(f"cannot write the plot to {args.plot}: {exc.strerror}") from None
-        except ValueError as exc:  # matplotlib: unknown image format from the file name
-            raise UserError(f"cannot write the plot to {args.plot}: {exc} (use .png)") from None
-    return 2 if report["errors"] else 0

@@ -7,22 +7,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
+
 from models.factory import build_model
 
-from .asr import short_window
-from .asr_batch import PassDecoder, WhisperBatcher
+from .asr import PassDecoder, ShortPassDecoder, WhisperBatcher, load_whisper, short_pass_decoder
 from .config import AppConfig
 from .engine import ModelEngine
-from .stats import LatencyStats
-from .whisper_model import load_whisper
-from .whisper_window import ShortWindow
+from .metrics import LatencyStats
 
 log = logging.getLogger(__name__)
-
-RANDOM_WEIGHTS_WARNING = (
-    "CLIP weights are random (vision.pretrained=random): estimates carry no meaning; "
-    "use this for latency work and tests only"
-)
 
 
 @dataclass
@@ -32,14 +26,14 @@ class Runtime:
     whisper: Any = None  # faster_whisper.WhisperModel, or None when ASR is off
     asr_executor: Optional[concurrent.futures.Executor] = None
     stats: LatencyStats = field(default_factory=LatencyStats)
-    asr_window: Optional[ShortWindow] = None  # shared by every stream; None: faster-whisper's stock path
+    asr_decoder: Optional[ShortPassDecoder] = None  # shared by every stream; None: faster-whisper's stock path
     asr_batcher: Optional[WhisperBatcher] = None
 
     def pass_decoder(self) -> Optional[PassDecoder]:
         """What a new stream's transcriber decodes its passes with (call on the event loop)."""
         if self.asr_batcher is not None:
             return self.asr_batcher.for_stream(asyncio.get_running_loop())
-        return self.asr_window
+        return self.asr_decoder
 
     async def close(self) -> None:
         await self.engine.close()
@@ -53,18 +47,20 @@ def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True, shared: bool =
     """Loads CLIP (+ fusion checkpoint) and Whisper once; raises UserError on missing weights.
     `shared=False`: a private Whisper too (the one-model-per-stream benchmark baseline)."""
     stats = LatencyStats()
+    if cfg.engine.threads:
+        torch.set_num_threads(cfg.engine.threads)  # the process's torch pool: set once, here
     model = build_model(cfg)
     engine = ModelEngine(model, cfg.engine, stats)
-    whisper, pool, window, batcher = None, None, None, None
+    whisper, pool, decoder, batcher = None, None, None, None
     if need_asr and cfg.asr.enabled:
         whisper = load_whisper(cfg.asr, shared=shared)
-        window = short_window(whisper, cfg.asr)
+        decoder = short_pass_decoder(whisper, cfg.asr)
         workers = cfg.asr.workers
-        if window is not None and cfg.asr.batch > 1:
-            batcher = WhisperBatcher(window, cfg.asr, stats)
+        if decoder is not None and cfg.asr.batch > 1:
+            batcher = WhisperBatcher(decoder, cfg.asr, stats)
             workers = max(workers, cfg.asr.batch)  # streams wait for their batch in these threads
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sentistream-asr")
-    return Runtime(cfg, engine, whisper, pool, stats, window, batcher)
+    return Runtime(cfg, engine, whisper, pool, stats, decoder, batcher)
 
 
 async def build_runtime(cfg: AppConfig, need_asr: bool = True) -> Runtime:

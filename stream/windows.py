@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .agreement import Word
+from .asr.agreement import Word
 
 
 @dataclass(slots=True)

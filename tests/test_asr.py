@@ -13,13 +13,13 @@ import pytest
 from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
 
 SENTENCES = list(SPEECH_SCRIPT)
-from stream.agreement import Word, agreement, normalize
+from stream.asr.agreement import Word, agreement, normalize
 from stream.asr import StreamingTranscriber, TranscriptUpdate
-from stream.whisper_model import load_whisper
-from stream.whisper_window import ShortWindow, _drop_restart, encoder_frames
-from stream.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
+from stream.asr.model import load_whisper
+from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
+from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.config import AsrConfig
-from stream.errors import UserError
+from models.errors import UserError
 
 FEED_SECONDS = 0.5
 # The full 43 s clip streams in ~20 s of CPU on 2 cores (~45 Whisper passes): > 30 s wall here.
@@ -123,7 +123,7 @@ def test_short_encoder_window_matches_the_full_window(whisper, clip_audio, strea
 def test_short_window_transcribes_one_sentence(whisper, speech_clip, clip_audio):
     sentence, start, end = speech_clip[1][1]
     a, b = int((start - 0.3) * SAMPLE_RATE), int((end + 0.3) * SAMPLE_RATE)
-    decoded = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0).transcribe(clip_audio[a:b], prompt=None)
+    decoded = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0).transcribe(clip_audio[a:b], prompt=None)
     assert len(decoded) == 1
     words = decoded[0].words
     assert wer(sentence, " ".join(w.word for w in words)) <= 0.2, words
@@ -133,7 +133,7 @@ def test_short_window_transcribes_one_sentence(whisper, speech_clip, clip_audio)
 
 
 def test_batch_of_streams_decodes_each_buffer(whisper, speech_clip, clip_audio):
-    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     buffers, references = [], []
     for sentence, start, end in speech_clip[1][2:4]:
         buffers.append(clip_audio[int((start - 0.3) * SAMPLE_RATE):int((end + 0.3) * SAMPLE_RATE)])
@@ -155,10 +155,10 @@ def test_batch_of_streams_decodes_each_buffer(whisper, speech_clip, clip_audio):
 def test_streams_with_different_histories_share_one_batch(whisper, speech_clip, clip_audio, monkeypatch):
     # CTranslate2 batches only equally long decoder prompts: the transcriber must hand the window
     # enough committed text for its token limit (200 characters of long words are < 48 tokens).
-    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     prompts = []
     for vocabulary in ("a big red dog ran to me", "extraordinarily uncharacteristic incomprehensibilities"):
-        tr = StreamingTranscriber(whisper, AsrConfig(), window=window)
+        tr = StreamingTranscriber(whisper, AsrConfig(), decoder=window)
         words = (vocabulary.split() * 60)[:120]
         tr._commit([Word(0.3 * i, 0.3 * i + 0.2, w) for i, w in enumerate(words)])
         tr._buf_start = 60 * SAMPLE_RATE  # their audio has left the buffer
@@ -174,7 +174,7 @@ def test_streams_with_different_histories_share_one_batch(whisper, speech_clip, 
 
 
 def test_short_window_on_silence_says_nothing(whisper):
-    window = ShortWindow(whisper, "en", beam_size=1, pad_seconds=3.0)
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
 
 

@@ -12,7 +12,7 @@ from models.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, load_checkpo
 from models.factory import build_fusion, build_model
 from models.inference import WindowInput, build_inputs
 from stream.config import load_config
-from stream.errors import UserError
+from models.errors import UserError
 
 
 def _inputs(model, seed=0):

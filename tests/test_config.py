@@ -10,7 +10,7 @@ import pytest
 
 from stream import cli
 from stream.config import AppConfig, ConfigError, load_config
-from stream.errors import UserError
+from models.errors import UserError
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"

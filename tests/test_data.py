@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data import load_dataset, seeded_split
+from models.training.data import load_dataset, seeded_split
 from stream import cli
-from stream.errors import UserError
+from models.errors import UserError
 from tests.media import make_video, require_tools
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.inference import WindowInput
-from stream.agreement import Word
+from stream.asr.agreement import Word
 from stream.engine import MicroBatcher, ModelEngine
 from stream.windows import FrameWindow, TranscriptWindow
 

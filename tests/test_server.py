@@ -28,7 +28,7 @@ from stream.config import load_config
 from stream.runtime import build_runtime
 from stream.server import create_app
 from stream.session import StreamSession
-from stream.webrtc import Connection
+from stream.server import Connection
 from tests.conftest import TINY_CONFIG
 from tests.media import cached, make_speech_clip, make_video, require_tools
 
@@ -347,8 +347,8 @@ async def test_video_only_client(serve):
 async def test_serve_flags_are_validated():
     import argparse
 
-    from stream.errors import UserError
-    from stream.server import _server_config
+    from models.errors import UserError
+    from stream.commands.serve import _server_config
 
     cfg = load_config(TINY_CONFIG)
     args = argparse.Namespace(host=None, port=9000, max_clients=None, token="t")
@@ -424,11 +424,8 @@ async def test_connect_disconnect_cycles_release_everything(serve):
     assert rss1 - rss0 < 64, f"RSS grew {rss1 - rss0:.1f} MB over {CYCLES} cycles"
 
 
-async def test_offer_that_never_connects_gives_its_slot_back(serve, monkeypatch):
-    import stream.webrtc
-
-    monkeypatch.setattr(stream.webrtc, "CONNECT_TIMEOUT_S", 1.0)
-    base = await serve(max_clients=1)
+async def test_offer_that_never_connects_gives_its_slot_back(serve):
+    base = await serve(max_clients=1, connect_timeout_s=1.0)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTrack(FlatVideo())
     await pc.setLocalDescription(await pc.createOffer())
@@ -442,28 +439,25 @@ async def test_overlay_track_relays_only_the_newest_frame():
     """The returned track never queues: frames that arrived while it was busy are skipped, counted."""
     import concurrent.futures
     import fractions
-    import types
 
     from prometheus_client import REGISTRY
 
     from stream.overlay import OverlayTracker
-    from stream.webrtc import OverlayTrack, _Latest
+    from stream.server.overlay_track import OverlayTrack
 
     def dropped() -> float:
         return REGISTRY.get_sample_value("sentistream_frames_dropped_total", {"where": "relay"}) or 0.0
 
     pool = concurrent.futures.ThreadPoolExecutor(1)
-    conn = types.SimpleNamespace(latest=None, tracker=OverlayTracker(), pool=pool)
-    track = OverlayTrack(conn)  # type: ignore[arg-type]
+    track = OverlayTrack(OverlayTracker(), pool)
     try:
         waiter = asyncio.ensure_future(track.recv())
         await asyncio.sleep(0.05)
         assert not waiter.done()  # no client frame yet: nothing is invented
         before = dropped()
-        for seq in range(1, 6):
+        for seq in range(1, 6):  # five client frames arrive before the encoder asks again
             image = np.full((48, 64, 3), seq * 40, np.uint8)
-            conn.latest = _Latest(seq, seq * 3000, fractions.Fraction(1, 90000), image)
-        track.notify()
+            track.offer(image, seq * 3000, fractions.Fraction(1, 90000))
         frame = await asyncio.wait_for(waiter, 5)
         assert frame.pts == 15000 and (frame.width, frame.height) == (64, 48)
         assert dropped() - before == 4

@@ -12,8 +12,9 @@ import av
 import numpy as np
 import pytest
 
-from stream.errors import UserError
-from stream.flow import FrameSampler, LatestQueue
+from models.errors import UserError
+from models.sampling import FrameSampler
+from stream.flow import LatestQueue
 from stream.sources import AudioChunk, VideoFrame, open_source
 from tests.media import make_video, require_tools, write_wav
 

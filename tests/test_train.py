@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from models import features as features_mod
-from models.data import load_dataset
-from models.evaluate import classification_metrics, confusion_matrix
-from models.features import load_features
-from models.train import read_log, train_fusion
+from models.training import features as features_mod
+from models.training.data import load_dataset
+from models.training.metrics import classification_metrics, confusion_matrix
+from models.training.features import load_features
+from models.training.loop import read_log, train_fusion
 from stream import cli
 from stream.config import load_config
-from stream.errors import UserError
+from models.errors import UserError
 from tests.media import make_video, require_tools
 
 POSITIVE = ["love", "great", "wonderful", "happy", "excellent", "amazing", "fantastic", "delightful"]
@@ -212,7 +212,7 @@ def test_trained_checkpoint_changes_the_estimates(trained, tiny_fast):
 
 # ------------------------------------------------------------------------------------------- resume
 def test_resume_continues_from_the_saved_epoch(synthetic_features, tiny_fast, tmp_path, monkeypatch):
-    import models.train as train_mod
+    import models.training.loop as train_mod
 
     cfg = tiny_fast.model_copy(deep=True)
     cfg.train.patience, cfg.train.epochs = 50, 6

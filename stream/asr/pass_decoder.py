@@ -3,7 +3,7 @@
 faster-whisper pads every input to Whisper's 30 s window, so a pass over 3 s of speech pays for
 30 s of encoder (with tiny.en on one CPU thread, ~290 of ~375 ms per pass), and its word-timestamp
 seek often re-encodes the last fraction of a second as a second 30 s window. CTranslate2's
-encoder accepts shorter inputs (whisper.cpp calls this `audio_ctx`): `ShortWindow` encodes the
+encoder accepts shorter inputs (whisper.cpp calls this `audio_ctx`): `ShortPassDecoder` encodes the
 buffer plus `pad_seconds` of padding, decodes it once without timestamp tokens (words come from
 faster-whisper's cross-attention alignment) and caps the token count so a repetition loop ends
 early and is rejected by its compression ratio, as faster-whisper's fallback check would.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -68,7 +68,14 @@ def _drop_restart(tokens: list[int], n: int = 4) -> list[int]:
     return tokens
 
 
-class ShortWindow:
+class PassDecoder(Protocol):
+    """What a transcriber decodes one pass with: a ShortPassDecoder, or a BatchedPassDecoder that
+    joins other streams' passes."""
+
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]: ...
+
+
+class ShortPassDecoder:
     """Transcribes buffers of at most 30 s with an encoder window of buffer + `pad_seconds`."""
 
     def __init__(self, model: "WhisperModel", language: Optional[str], beam_size: int, pad_seconds: float) -> None:

@@ -3,67 +3,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import threading
 from typing import Optional
 
-from .config import AppConfig
-from .errors import UserError
-from .events import FanoutSink, JsonlSink, make_event
-from .overlay import OverlayTracker, OverlayWriter, draw_overlay, render_overlay_file
-from .runtime import RANDOM_WEIGHTS_WARNING, Runtime, build_runtime
-from .session import StreamSession, pump
-from .sources import AudioChunk, SourceInfo, VideoFrame, demo_path, open_source
+from models.errors import UserError
 
-
-class LiveOverlay:
-    """Draws the latest estimate on every frame of a live source as it passes (never waits)."""
-
-    def __init__(self, path: Optional[str], info: SourceInfo, show: bool):
-        self.path, self.info, self.show = path, info, show
-        self.tracker = OverlayTracker()
-        self.writer: Optional[OverlayWriter] = None
-        self._lock = threading.Lock()
-        if path and info.width and info.height:  # open now so audio before the first frame is kept
-            self.writer = OverlayWriter(path, info.width, info.height, info.fps or 15.0, with_audio=info.has_audio)
-
-    def on_event(self, event: dict) -> None:
-        with self._lock:
-            self.tracker.feed(event)
-
-    def on_item(self, item: VideoFrame | AudioChunk) -> None:
-        if isinstance(item, AudioChunk):
-            if self.writer is not None:
-                self.writer.write_audio(item.samples, item.t, 16000)
-            return
-        with self._lock:
-            state = self.tracker.state()
-        image = draw_overlay(item.image, state)
-        if self.path and self.writer is None:
-            h, w = image.shape[:2]
-            self.writer = OverlayWriter(self.path, w, h, self.info.fps or 15.0, with_audio=self.info.has_audio)
-        if self.writer is not None:
-            self.writer.write_video(image, item.t)
-        if self.show:
-            import cv2
-
-            cv2.imshow("sentistream", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            cv2.waitKey(1)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def display_available() -> tuple[bool, str]:
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False, "no display (DISPLAY is not set)"
-    import cv2
-
-    if "GTK" not in cv2.getBuildInformation() and "QT" not in cv2.getBuildInformation().upper():
-        return False, "this OpenCV build has no GUI (opencv-python-headless)"
-    return True, ""
+from ..config import AppConfig
+from ..events import FanoutSink, JsonlSink, input_warnings, make_event
+from ..overlay import LiveOverlay, display_available, render_overlay_file
+from ..runtime import Runtime, build_runtime
+from ..session import StreamSession
+from ..sources import SourceInfo, demo_path, open_source, pump
 
 
 class Progress:
@@ -118,14 +68,9 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     status = 0
     try:
         runtime = await build_runtime(cfg, need_asr=info.has_audio)
-        if runtime.engine.weights == "random":
-            _warn(sink, stream_name, RANDOM_WEIGHTS_WARNING)
-        if not info.has_audio:
-            _warn(sink, stream_name, f"{info.description} has no audio track: visual-only estimates (text weight 0)")
-        elif not cfg.asr.enabled:
-            _warn(sink, stream_name, "asr.enabled is false: visual-only estimates (text weight 0)")
-        if not info.has_video:
-            _warn(sink, stream_name, f"{info.description} has no video track: text-only estimates (image weight 0)")
+        for message in input_warnings(info.description, weights=runtime.engine.weights, has_video=info.has_video,
+                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled):
+            _warn(sink, stream_name, message)
         session = StreamSession(stream_name, runtime, sink.emit, live=info.live, has_video=info.has_video, has_audio=info.has_audio)
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _: source.close())  # analysis over (or failed): stop decoding

@@ -1,4 +1,4 @@
-"""`sentistream train`: the CLIP-CA-MSA fusion model on cached frozen-CLIP features.
+"""Training the CLIP-CA-MSA fusion model on cached frozen-CLIP features.
 
 Recipe: the uncertainty loss over the image/text/fused heads, AdamW (no decay on gates, biases,
 norms and log-variances), early stopping on the valid split (weighted F1, ties broken by the
@@ -23,17 +23,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from stream.config import AppConfig
-from stream.errors import UserError
-
-from .backbone import resolve_device
-from .checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
-from .data import load_dataset
-from .evaluate import classification_metrics, confusion_matrix, run_heads
-from .features import FeatureSet, load_features, make_fusion
-from .fusion import ClipCaMsa
-from .prompts import LABELS
-from .uncertainty import uncertainty_loss
+from ..backbone import resolve_device
+from ..checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from ..config import ModelConfig
+from ..errors import UserError
+from ..fusion import ClipCaMsa
+from ..uncertainty import uncertainty_loss
+from .features import FeatureSet, make_fusion
+from .metrics import classification_metrics, confusion_matrix, run_heads
+from .plots import plot_confusion, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +53,14 @@ class TrainResult:
     test: Optional[dict[str, float]] = None
 
 
-def _fingerprint(cfg: AppConfig, features: FeatureSet) -> str:
+def _fingerprint(cfg: ModelConfig, features: FeatureSet) -> str:
     # epochs and patience may change between runs (e.g. "train 10 more epochs"); nothing else may.
     train = cfg.train.model_dump(exclude={"epochs", "patience"})
     spec = {"features": features.key, "model": cfg.model.model_dump(), "train": train, "vision": cfg.vision.model_dump(exclude={"device", "cache_dir"})}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _optimizer(fusion: ClipCaMsa, cfg: AppConfig) -> torch.optim.AdamW:
+def _optimizer(fusion: ClipCaMsa, cfg: ModelConfig) -> torch.optim.AdamW:
     # Decay only matrices: decaying gates or log-variances would pull them back to 0 for no reason.
     decay = [p for p in fusion.parameters() if p.ndim >= 2]
     other = [p for p in fusion.parameters() if p.ndim < 2]
@@ -154,7 +152,7 @@ def read_log(out: Path) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- epochs
 def _train_epoch(fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: FeatureSet, idx: torch.Tensor,
-                 cfg: AppConfig, epoch: int, device: torch.device) -> dict[str, float]:
+                 cfg: ModelConfig, epoch: int, device: torch.device) -> dict[str, float]:
     # Seeded per epoch (shuffle and dropout alike): resuming after epoch k replays epochs k+1.. exactly.
     seed = cfg.train.seed * 100_003 + epoch
     gen = torch.Generator().manual_seed(seed)
@@ -184,9 +182,12 @@ def _split_scores(fusion: ClipCaMsa, features: FeatureSet, idx: torch.Tensor, de
     return {**classification_metrics(y, probs.argmax(-1)), "nll": nll}, probs
 
 
-def train_fusion(cfg: AppConfig, features: FeatureSet, out_dir: str | Path, *, progress: bool = False,
-                 restart_on_mismatch: bool = False, extra_meta: Optional[dict[str, Any]] = None) -> TrainResult:
-    """Trains (or resumes training) into out_dir; returns the best epoch's model and its scores."""
+def train_fusion(cfg: ModelConfig, features: FeatureSet, out_dir: str | Path, *, progress: bool = False,
+                 restart_on_mismatch: bool = False, extra_meta: Optional[dict[str, Any]] = None,
+                 threads: int = 0) -> TrainResult:
+    """Trains (or resumes training) into out_dir; returns the best epoch's model and its scores.
+    `threads` > 0 caps torch's CPU threads meanwhile: the fusion's small ops gain nothing from more,
+    and on a busy machine extra threads only spin (seen: 8x slower on 2 shared cores)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.vision.device)
@@ -201,26 +202,24 @@ def train_fusion(cfg: AppConfig, features: FeatureSet, out_dir: str | Path, *, p
         load_checkpoint(warm_start, fusion, cfg, features.embed_dim)
     fusion.to(device)
     opt = _optimizer(fusion, cfg)
-    with _threads(cfg, device):
+    with _threads(threads, device):
         return _run(out, fusion, opt, features, cfg, save_cfg, device, progress, restart_on_mismatch, extra_meta)
 
 
 @contextmanager
-def _threads(cfg: AppConfig, device: torch.device) -> Iterator[None]:
-    """engine.threads caps CPU threads while training: the fusion's small ops gain nothing from more,
-    and on a busy machine extra threads only spin (seen: 8x slower on 2 shared cores)."""
-    if device.type != "cpu" or cfg.engine.threads <= 0:
+def _threads(threads: int, device: torch.device) -> Iterator[None]:
+    if device.type != "cpu" or threads <= 0:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(cfg.engine.threads)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(before)
 
 
-def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: FeatureSet, cfg: AppConfig, save_cfg: AppConfig,
+def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: FeatureSet, cfg: ModelConfig, save_cfg: ModelConfig,
          device: torch.device, progress: bool, restart_on_mismatch: bool, extra_meta: Optional[dict[str, Any]]) -> TrainResult:
     train_idx, valid_idx, test_idx = (features.indices(s) for s in ("train", "valid", "test"))
     state = _resume(out, fusion, opt, _fingerprint(cfg, features), restart_on_mismatch)
@@ -258,7 +257,7 @@ def _best_weights(out: Path, state: _State) -> Optional[dict[str, torch.Tensor]]
 
 
 def _finish(out: Path, fusion: ClipCaMsa, best: Optional[dict[str, torch.Tensor]], state: _State, features: FeatureSet,
-            cfg: AppConfig, splits: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+            cfg: ModelConfig, splits: tuple[torch.Tensor, torch.Tensor], device: torch.device,
             extra_meta: Optional[dict[str, Any]]) -> TrainResult:
     valid_idx, test_idx = splits
     if best is not None:
@@ -277,66 +276,3 @@ def _finish(out: Path, fusion: ClipCaMsa, best: Optional[dict[str, torch.Tensor]
     cm = confusion_matrix(features.labels[eval_idx].numpy(), probs.argmax(-1))
     plot_confusion(cm, out / "confusion.png", title=f"{eval_name} split, epoch {state.best_epoch}")
     return TrainResult(out, fusion, state.best_epoch, state.epoch, state.stop_reason, state.resumed_from, valid, test)
-
-
-# -------------------------------------------------------------------------------------------- plots
-def plot_curves(rows: list[dict[str, Any]], path: Path, best_epoch: int = 0) -> None:
-    """Loss and accuracy per epoch (train vs valid). Figure/Agg canvas directly: no global pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5))
-    FigureCanvasAgg(fig)
-    epochs = [r["epoch"] for r in rows]
-    panels = (("loss", [("train_loss", "train (uncertainty loss)"), ("valid_nll", "valid (fused NLL)")]),
-              ("accuracy", [("train_accuracy", "train"), ("valid_accuracy", "valid"), ("valid_weighted_f1", "valid weighted F1")]))
-    for ax, (title, series) in zip(fig.subplots(1, 2), panels):
-        for key, label in series:
-            ax.plot(epochs, [r[key] for r in rows], marker=".", label=label)
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def plot_confusion(cm: Any, path: Path, title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.2, 3.8))
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    for i in range(len(LABELS)):
-        for j in range(len(LABELS)):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def main(cfg: AppConfig, args: Any) -> int:
-    dataset = load_dataset(args.data, cfg.train.seed, require=("train", "valid"))
-    counts = dataset.counts()
-    print(f"data: {dataset.path} ({dataset.layout}) " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()), file=sys.stderr)
-    features = load_features(cfg, dataset, progress=True)
-    result = train_fusion(cfg, features, args.out, progress=True,
-                          extra_meta={"data": str(dataset.path), "layout": dataset.layout, "counts": counts})
-    if result.resumed_from:
-        print(f"resumed after epoch {result.resumed_from}")
-    v = result.valid
-    print(f"trained {result.epochs_run} epochs ({result.stop_reason.replace('_', ' ')}), best epoch {result.best_epoch}: "
-          f"valid accuracy {v['accuracy']:.3f}, weighted F1 {v['weighted_f1']:.3f}")
-    if result.test is not None:
-        t = result.test
-        print(f"test accuracy {t['accuracy']:.3f}, weighted F1 {t['weighted_f1']:.3f}, macro F1 {t['macro_f1']:.3f}")
-    print(f"checkpoint: {result.out_dir} (use with --set model.checkpoint={result.out_dir})")
-    return 0

@@ -1,9 +1,5 @@
-"""Media sources: camera, file, URL -> one time-ordered stream of video frames and audio chunks.
-
-Every source yields `VideoFrame`s (RGB uint8) and `AudioChunk`s (float32 mono 16 kHz) stamped with
-media time `t` (seconds from stream start) and `wall` (perf_counter when it entered the pipeline),
-so latency is always measurable as `now - wall`. `frames()` is a blocking generator: callers run it
-in a thread and hand items to the event loop, through a `LatestQueue` (stream/flow.py) for live sources.
+"""Files, URLs and capture devices through PyAV (FFmpeg) -> one time-ordered stream of video frames
+and audio chunks.
 
 Any problem the user can fix (bad path, no camera, URL down, broken file) is a `UserError` with one
 line naming the source and what to do.
@@ -11,105 +7,23 @@ line naming the source and what to do.
 from __future__ import annotations
 
 import re
-import threading
 import time
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional
 
 import av
-import numpy as np
 
-from stream.audio import SAMPLE_RATE, AudioResampler
-from stream.errors import UserError, one_line
+from models.errors import UserError, one_line
+from models.media import DamagedPackets, decode_packets, media_t0
+
+from .audio import SAMPLE_RATE, AudioResampler
+from .base import AudioChunk, MediaItem, MediaSource, SourceInfo, VideoFrame
 
 # URL schemes whose streams are live by nature (pace themselves, never "end" early).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp"})
 # Seconds to wait for a URL to answer, and for each read once it did.
 URL_TIMEOUT = (5.0, 5.0)
 URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-
-
-@dataclass(slots=True)
-class VideoFrame:
-    t: float  # media seconds from stream start
-    image: np.ndarray  # HxWx3 uint8 RGB
-    wall: float  # time.perf_counter() when it entered the pipeline
-
-
-@dataclass(slots=True)
-class AudioChunk:
-    t: float  # media seconds of the first sample
-    samples: np.ndarray  # float32 mono 16 kHz
-    wall: float
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    description: str
-    live: bool
-    has_video: bool
-    has_audio: bool
-    duration: Optional[float]
-    fps: Optional[float]
-    width: Optional[int]
-    height: Optional[int]
-
-
-MediaItem = Union[VideoFrame, AudioChunk]
-
-
-class MediaSource(ABC):
-    """open() -> frames() (in a worker thread) -> close() (from any thread, any number of times)."""
-
-    @abstractmethod
-    def open(self) -> SourceInfo:
-        """Open the device/file/URL; raises UserError with one clear line on any problem."""
-
-    @abstractmethod
-    def frames(self) -> Iterator[MediaItem]:
-        """Blocking generator of items in media-time order; ends when the media ends or on close()."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Idempotent; from another thread it makes frames() stop at its next item."""
-
-    def __enter__(self) -> "MediaSource":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def demo_path(samples_dir: Optional[Path] = None) -> Path:
-    import stream
-
-    base = samples_dir if samples_dir is not None else Path(stream.__file__).resolve().parent.parent / "samples"
-    return Path(base) / "demo.mp4"
-
-
-def open_source(spec: str, *, realtime: bool = False, samples_dir: Optional[Path] = None) -> MediaSource:
-    """Build (not yet open) the source for a CLI `--source` value: camera index, "demo", path or URL."""
-    spec = spec.strip()
-    if spec.isdigit():
-        from stream.camera import CameraSource  # OpenCV only when a camera is asked for
-
-        return CameraSource(int(spec))
-    if spec == "demo":
-        path = demo_path(samples_dir)
-        if not path.is_file():
-            raise UserError(f"the demo sample {path} is missing; create it with: python scripts/make_sample.py")
-        return AvSource(str(path), realtime=realtime)
-    return AvSource(spec, realtime=realtime)
-
-
-def media_t0(container: Any) -> Optional[float]:
-    """First timestamp of the container in seconds (None if unknown): media time 0 of the stream."""
-    start = container.start_time  # in AV_TIME_BASE (microseconds)
-    if start is None:
-        return None
-    return float(start) / av.time_base
 
 
 def describe_open_error(spec: str, exc: BaseException, *, is_url: bool, elapsed: float = 0.0) -> str:
@@ -140,6 +54,7 @@ class AvSource(MediaSource):
     """Files, URLs and capture devices through PyAV (FFmpeg): first video + first audio stream."""
 
     def __init__(self, spec: str, *, realtime: bool = False) -> None:
+        super().__init__()
         self.spec = spec
         m = URL_RE.match(spec)
         self.scheme = m.group(1).lower() if m else None
@@ -147,21 +62,15 @@ class AvSource(MediaSource):
         self.live = (self.scheme in LIVE_SCHEMES) or self.is_device
         # realtime=True paces a file at its native rate: the pipeline sees it exactly like a live feed.
         self.pace = realtime and not self.live
-        self.info: Optional[SourceInfo] = None
         self._container: Any = None
         self._video: Any = None
         self._audio: Any = None
         self._t0: Optional[float] = None
-        self._stop = threading.Event()
         self.paced_seconds = 0.0  # wall time slept to pace a file (--realtime): not decode work
-        self._lock = threading.Lock()
-        self._running = False
-        self.decode_errors = 0  # damaged packets skipped (live streams keep going past them)
+        self.damaged = DamagedPackets()  # packets skipped: a file with any fails at its end; live goes on
 
     # -- open -----------------------------------------------------------------------------------
-    def open(self) -> SourceInfo:
-        if self.info is not None:
-            return self.info
+    def _open(self) -> SourceInfo:
         if self.scheme is None and not self.is_device:
             check_local_file(self.spec)
         kwargs: dict[str, Any] = {}
@@ -179,12 +88,12 @@ class AvSource(MediaSource):
             raise UserError(describe_open_error(self.spec, exc, is_url=self.scheme is not None,
                                                 elapsed=time.monotonic() - started)) from None
         try:
-            self.info = self._probe(container)
+            info = self._probe(container)
         except BaseException:
             container.close()
             raise
         self._container = container
-        return self.info
+        return info
 
     def _probe(self, container: Any) -> SourceInfo:
         video = container.streams.video[0] if container.streams.video else None
@@ -215,19 +124,11 @@ class AvSource(MediaSource):
         )
 
     # -- frames ---------------------------------------------------------------------------------
-    def frames(self) -> Iterator[MediaItem]:
-        if self.info is None:
-            self.open()
-        with self._lock:
-            if self._stop.is_set() or self._container is None:
-                return
-            self._running = True
-        try:
-            yield from self._decode()
-        finally:
-            with self._lock:
-                self._running = False
-                self._close_container()
+    def _is_open(self) -> bool:
+        return self._container is not None
+
+    def _items(self) -> Iterator[MediaItem]:
+        return self._decode()
 
     def _rel(self, time_s: Optional[float]) -> Optional[float]:
         if time_s is None:
@@ -243,6 +144,7 @@ class AvSource(MediaSource):
         last_t = 0.0
         start_wall: Optional[float] = None
         error: Optional[BaseException] = None
+        damaged = self.damaged
 
         def pace(t: float) -> bool:
             """Sleep until the item is due; False if close() was called meanwhile."""
@@ -260,42 +162,34 @@ class AvSource(MediaSource):
             return not stopped
 
         try:
-            for packet in self._container.demux(*streams):
+            # Damaged packets are skipped (live streams recover at the next keyframe); files report them at the end.
+            for stream, frame in decode_packets(self._container, *streams, damaged=damaged):
                 if self._stop.is_set():
                     return
-                try:
-                    decoded = packet.decode()
-                except (av.FFmpegError, ValueError) as exc:
-                    # A damaged packet (cut-off file, lost RTP packet): skip it as ffmpeg does; live streams
-                    # recover at the next keyframe, files report it at the end.
-                    self.decode_errors += 1
-                    error = error or exc
-                    continue
-                for frame in decoded:
-                    if packet.stream is self._video:
-                        t = self._rel(frame.time)
-                        t = last_t if t is None else t
-                        image = frame.to_ndarray(format="rgb24")
-                        if not pace(t):
-                            return
-                        last_t = max(last_t, t)
-                        yield VideoFrame(t=t, image=image, wall=time.perf_counter())
-                    else:
-                        assert resampler is not None
-                        t_in = self._rel(frame.time)
-                        samples = resampler.resample(frame)
-                        # Stamp chunks by counting samples (the resampler delays a little); re-sync only on
-                        # a real gap so that timestamps stay continuous for the ASR buffer.
-                        if next_audio_t is None or (t_in is not None and abs(t_in - next_audio_t) > 0.5):
-                            next_audio_t = t_in if t_in is not None else last_t
-                        if samples.size == 0:
-                            continue
-                        t = next_audio_t
-                        next_audio_t += samples.size / SAMPLE_RATE
-                        if not pace(t):
-                            return
-                        last_t = max(last_t, t)
-                        yield AudioChunk(t=t, samples=samples, wall=time.perf_counter())
+                if stream is self._video:
+                    t = self._rel(frame.time)
+                    t = last_t if t is None else t
+                    image = frame.to_ndarray(format="rgb24")
+                    if not pace(t):
+                        return
+                    last_t = max(last_t, t)
+                    yield VideoFrame(t=t, image=image, wall=time.perf_counter())
+                else:
+                    assert resampler is not None
+                    t_in = self._rel(frame.time)
+                    samples = resampler.resample(frame)
+                    # Stamp chunks by counting samples (the resampler delays a little); re-sync only on
+                    # a real gap so that timestamps stay continuous for the ASR buffer.
+                    if next_audio_t is None or (t_in is not None and abs(t_in - next_audio_t) > 0.5):
+                        next_audio_t = t_in if t_in is not None else last_t
+                    if samples.size == 0:
+                        continue
+                    t = next_audio_t
+                    next_audio_t += samples.size / SAMPLE_RATE
+                    if not pace(t):
+                        return
+                    last_t = max(last_t, t)
+                    yield AudioChunk(t=t, samples=samples, wall=time.perf_counter())
         except (av.FFmpegError, OSError, ValueError) as exc:  # demuxer gave up: nothing more to read
             if self._stop.is_set():  # close() from another thread can surface as an I/O error
                 return
@@ -307,6 +201,7 @@ class AvSource(MediaSource):
             tail = resampler.flush()
             if tail.size:
                 yield AudioChunk(t=next_audio_t, samples=tail, wall=time.perf_counter())
+        error = error or damaged.first
         if error is not None and not self.live:
             raise UserError(f"{self.spec}: decoding failed at {last_t:.1f} s ({one_line(error)}); the file is "
                             f"truncated or corrupt, results up to there are kept") from None
@@ -323,15 +218,7 @@ class AvSource(MediaSource):
                             f"is truncated, results up to there are kept")
 
     # -- close ----------------------------------------------------------------------------------
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            # While frames() runs in another thread, it closes the container itself (closing it under a
-            # blocked demux would crash FFmpeg); reads time out after URL_TIMEOUT at worst.
-            if not self._running:
-                self._close_container()
-
-    def _close_container(self) -> None:
+    def _release(self) -> None:
         if self._container is not None:
             try:
                 self._container.close()

@@ -27,16 +27,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
-from stream.config import AppConfig
-from stream.errors import UserError, one_line
-from stream.flow import FrameSampler
-from stream.sources import media_t0
-
-from .backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
+from ..backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
+from ..config import ModelConfig
+from ..errors import UserError, one_line
+from ..factory import prompt_embeddings
+from ..fusion import ClipCaMsa, FusionInputs
+from ..media import DamagedPackets, decode_packets, media_t0
+from ..prompts import label_index
+from ..sampling import FrameSampler
 from .data import Dataset, Sample
-from .factory import prompt_embeddings
-from .fusion import ClipCaMsa, FusionInputs
-from .prompts import label_index
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class FeatureSet:
         )
 
 
-def make_fusion(cfg: AppConfig, features: FeatureSet) -> ClipCaMsa:
+def make_fusion(cfg: ModelConfig, features: FeatureSet) -> ClipCaMsa:
     """The model `factory.build_fusion` builds, from the prompt embeddings cached with the features."""
     return ClipCaMsa(features.embed_dim, cfg.model, features.prompt_embeddings, features.logit_scale)
 
@@ -94,7 +93,7 @@ def cache_root() -> Path:
     return base / "sentistream" / "features"
 
 
-def feature_key(cfg: AppConfig, dataset: Dataset, dtype: torch.dtype) -> str:
+def feature_key(cfg: ModelConfig, dataset: Dataset, dtype: torch.dtype) -> str:
     """Hash of what the features depend on: backbone (name, weights, arch, precision), sampling
     parameters, and every sample's id, text and media file (path, size, mtime). Labels and splits
     are left out on purpose: relabelling must not force a re-extraction."""
@@ -162,7 +161,8 @@ def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray,
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             t0 = media_t0(container) or 0.0
-            for frame in container.decode(stream):
+            damaged = DamagedPackets()
+            for _, frame in decode_packets(container, stream, damaged=damaged):
                 t = max(0.0, (frame.time if frame.time is not None else end) - t0)
                 end = max(end, t)
                 if not sampler.keep(t):
@@ -173,6 +173,8 @@ def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray,
                     frames, times = frames[::2], times[::2]
                     fps /= 2  # and sample the rest at the thinned rate, so the spacing stays even
                     sampler = FrameSampler(fps)
+            if damaged.first is not None:  # a training sample is all or nothing
+                raise damaged.first
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise UserError(f"{sample.source}: cannot decode video {path} ({one_line(exc, 120)})") from None
     if not frames:
@@ -181,7 +183,7 @@ def read_video(sample: Sample, fps: float, max_frames: int) -> tuple[np.ndarray,
     return np.stack([frames[i] for i in pick]), np.array([end - times[i] for i in pick], dtype=np.float32)
 
 
-def _sample_frames(sample: Sample, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray]:
+def _sample_frames(sample: Sample, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     if sample.video_path is not None:
         return read_video(sample, cfg.sampler.fps, cfg.train.frames_per_video)
     if sample.image_path is not None:
@@ -190,7 +192,7 @@ def _sample_frames(sample: Sample, cfg: AppConfig) -> tuple[np.ndarray, np.ndarr
 
 
 # ----------------------------------------------------------------------------------------- extract
-def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, progress: bool) -> dict[str, torch.Tensor]:
+def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     n, tv, d = len(dataset.samples), cfg.train.frames_per_video, backbone.embed_dim
     image = torch.zeros(n, tv, d, dtype=torch.float16)
     mask = torch.zeros(n, tv, dtype=torch.bool)
@@ -223,7 +225,7 @@ def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, pro
     return {"image": image, "image_mask": mask, "image_age": age}
 
 
-def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, progress: bool) -> dict[str, torch.Tensor]:
+def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     texts = [s.text for s in dataset.samples]
     tokens = backbone.tokenize(texts, cfg.window.max_text_tokens)
     pool = (tokens == backbone.eot).int().argmax(dim=-1)
@@ -239,7 +241,7 @@ def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: AppConfig, prog
     return {"text": states, "text_mask": mask, "text_pool": pool.to(torch.int64)}
 
 
-def load_features(cfg: AppConfig, dataset: Dataset, *, backbone: Optional[ClipBackbone] = None, progress: bool = True) -> FeatureSet:
+def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[ClipBackbone] = None, progress: bool = True) -> FeatureSet:
     """Features of every sample: from the cache when it has them, else computed with the backbone
     (created only on a cache miss, so cached runs never load CLIP weights) and cached."""
     device = resolve_device(cfg.vision.device)

@@ -6,8 +6,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream.config import AsrConfig
-from stream.errors import UserError, one_line
+from models.errors import UserError, one_line
+
+from ..config import AsrConfig
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep imports cheap
     from faster_whisper import WhisperModel

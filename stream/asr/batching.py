@@ -1,53 +1,49 @@
 """Whisper passes of many streams decoded together (`asr.batch` > 1).
 
-Each stream's transcriber runs in an ASR worker thread and blocks on its pass; `BatchedWindow`
+Each stream's transcriber runs in an ASR worker thread and blocks on its pass; `BatchedPassDecoder`
 hands the pass to a process-wide `MicroBatcher` on the event loop, which gathers up to
 `asr.batch` passes (waiting at most `asr.batch_wait_ms` after the first) and runs them as one
-`ShortWindow.transcribe_batch` on a dedicated Whisper thread: one encode, one decode, one alignment.
+`ShortPassDecoder.transcribe_batch` on a dedicated Whisper thread: one encode, one decode, one alignment.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
-from .config import AsrConfig
-from .engine import MicroBatcher
-from .stats import LatencyStats
-from .whisper_window import Decoded, ShortWindow
+from ..batching import MicroBatcher
+from ..config import AsrConfig
+from ..metrics import LatencyStats
+from .pass_decoder import Decoded, PassDecoder, ShortPassDecoder
 
 _PASS_TIMEOUT_S = 300.0  # a pass never legitimately waits this long: fail loudly, don't hang a thread
 
 Request = tuple[np.ndarray, Optional[str]]
 
 
-class PassDecoder(Protocol):
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]: ...
-
-
 class WhisperBatcher:
     """The process-wide batcher and its compute thread."""
 
-    def __init__(self, window: ShortWindow, cfg: AsrConfig, stats: Optional[LatencyStats] = None) -> None:
-        self._window = window
+    def __init__(self, decoder: ShortPassDecoder, cfg: AsrConfig, stats: Optional[LatencyStats] = None) -> None:
+        self._decoder = decoder
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentistream-whisper")
         self.batcher: MicroBatcher[Request, list[Decoded]] = MicroBatcher(
             "asr_batch", self._run, self._executor, cfg.batch, cfg.batch_wait_ms, stats)
 
     def _run(self, requests: list[Request]) -> list[list[Decoded]]:
-        return self._window.transcribe_batch([a for a, _ in requests], [p for _, p in requests])
+        return self._decoder.transcribe_batch([a for a, _ in requests], [p for _, p in requests])
 
-    def for_stream(self, loop: asyncio.AbstractEventLoop) -> "BatchedWindow":
-        return BatchedWindow(self.batcher, loop)
+    def for_stream(self, loop: asyncio.AbstractEventLoop) -> "BatchedPassDecoder":
+        return BatchedPassDecoder(self.batcher, loop)
 
     async def close(self) -> None:
         await self.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class BatchedWindow:
+class BatchedPassDecoder(PassDecoder):
     """`transcribe(audio, prompt)` for a transcriber in a worker thread: joins the next batch."""
 
     def __init__(self, batcher: MicroBatcher[Request, list[Decoded]], loop: asyncio.AbstractEventLoop) -> None:

@@ -6,7 +6,7 @@ that two consecutive hypotheses agree on. Additions that make it cheaper and sna
 - Silero VAD (shipped with faster-whisper) gates every pass: silence never reaches Whisper;
 - a VAD pause (>= min_silence_ms) after speech commits everything before it at once, so finals
   arrive at the end of each utterance instead of one agreement round later;
-- passes encode only the buffer plus a little padding (`stream.whisper_window`), ~5x cheaper on a
+- passes encode only the buffer plus a little padding (`stream.asr.pass_decoder`), ~5x cheaper on a
   CPU, so a pass every 0.5 s fits in one core;
 - agreement re-syncs after a locally misheard word instead of stalling the rest of the sentence,
   and ignores words within `settle_seconds` of either pass's audio end (cut-off words).
@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
-from stream.agreement import Word, agreement, normalize
-from stream.config import AsrConfig
-from stream.errors import one_line
-from stream.whisper_window import Decoded, DecodedWord, ShortWindow
+from models.errors import one_line
+
+from ..config import AsrConfig
+from ..sources.audio import SAMPLE_RATE
+from .agreement import Word, agreement, normalize
+from .pass_decoder import Decoded, DecodedWord, PassDecoder, ShortPassDecoder
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
     from faster_whisper import WhisperModel
 
-    from stream.asr_batch import PassDecoder
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 _PROMPT_CHARS = 200  # tail of committed text given to the stock path as context
 _TIME_TOL = 0.1  # s: words starting this much before the last commit are treated as already committed
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
@@ -74,12 +74,12 @@ def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
     return word.probability < 0.1 or squeezed
 
 
-def short_window(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortWindow]:
+def short_pass_decoder(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortPassDecoder]:
     """The short-encoder-window decoder for this config, or None for faster-whisper's stock path."""
     if cfg.encoder_pad_seconds is None:
         return None
     try:
-        return ShortWindow(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
+        return ShortPassDecoder(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
     except Exception as exc:  # language detection, or faster-whisper internals that moved: the stock path works
         log.warning("short Whisper encoder window unavailable (%s); using 30 s windows", one_line(exc, 120))
         return None
@@ -91,12 +91,12 @@ class StreamingTranscriber:
     block (run them in an executor thread, one at a time per stream)."""
 
     def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0,
-                 window: Optional["PassDecoder"] = None) -> None:
-        """`window`: a shared pass decoder (a ShortWindow, or a BatchedWindow joining other streams'
+                 decoder: Optional[PassDecoder] = None) -> None:
+        """`decoder`: a shared pass decoder (a ShortPassDecoder, or a BatchedPassDecoder joining other streams'
         passes); by default one of its own, or faster-whisper's stock path without a short window."""
         self._model = model
         self._cfg = cfg
-        self._window = window if window is not None else short_window(model, cfg)
+        self._decoder = decoder if decoder is not None else short_pass_decoder(model, cfg)
         self._t0 = t0
         self._lock = threading.Lock()  # feed() may run on the event loop while process() runs
         self._pending: list[np.ndarray] = []
@@ -248,8 +248,8 @@ class StreamingTranscriber:
         offset = self._time(self._buf_start)
         began = time.perf_counter()
         prompt = self._prompt() or None
-        if self._window is not None:
-            segments = self._window.transcribe(audio, prompt)
+        if self._decoder is not None:
+            segments = self._decoder.transcribe(audio, prompt)
         else:
             segments = self._transcribe_full(audio, prompt)
         self.transcribe_seconds += time.perf_counter() - began

@@ -11,9 +11,9 @@ from typing import Optional
 import av
 import numpy as np
 
-from stream.errors import UserError
+from models.errors import UserError
 
-SAMPLE_RATE = 16000
+from .base import SAMPLE_RATE
 
 
 class AudioResampler:

@@ -1,4 +1,5 @@
-"""Latency bookkeeping: bounded sample reservoirs with percentiles, mirrored to Prometheus."""
+"""Every Prometheus series of the process and the latency bookkeeping behind `profile` and the
+summary event: bounded sample reservoirs with percentiles, mirrored to one stage histogram."""
 from __future__ import annotations
 
 import collections
@@ -6,7 +7,7 @@ import threading
 from typing import Iterable, Optional
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # One histogram for all stages and streams, labelled by stage: /metrics and `profile` agree.
 STAGE_SECONDS = Histogram(
@@ -15,6 +16,16 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
+
+CONNECTIONS = Gauge("sentistream_connections", "Open WebRTC connections")
+CONNECTIONS_TOTAL = Counter("sentistream_connections_accepted", "WebRTC connections accepted")
+OFFERS_REJECTED = Counter("sentistream_offers_rejected", "Offers refused", ["reason"])
+FRAMES_IN = Counter("sentistream_frames_in", "Video frames received from clients")
+FRAMES_DROPPED = Counter("sentistream_frames_dropped", "Video frames dropped as stale", ["where"])
+AUDIO_SECONDS = Counter("sentistream_audio_seconds", "Seconds of client audio received")
+ESTIMATES = Counter("sentistream_estimates", "Sentiment estimates sent")
+TRANSCRIPTS = Counter("sentistream_transcripts", "Transcript events sent")
+EVENTS_DROPPED = Counter("sentistream_events_dropped", "Events not sent: data channel backed up or closed")
 
 
 class LatencyStats:

@@ -23,9 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from stream.errors import UserError
-
-from .prompts import LABELS, score_to_label
+from ..errors import UserError
+from ..prompts import LABELS, score_to_label
 
 log = logging.getLogger(__name__)
 

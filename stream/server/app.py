@@ -1,4 +1,4 @@
-"""`sentistream serve`: the HTTP side of the WebRTC server (page, offers, health, metrics).
+"""The HTTP side of the WebRTC server (page, offers, health, metrics).
 
 Learned from aiortc's examples/server, hardened for many clients and for staying up: every bad
 request gets a JSON error and leaves the server running; offers are size-limited, optionally
@@ -6,15 +6,9 @@ token-protected and capped at `max_clients` concurrent connections.
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hmac
-import ipaddress
 import json
 import logging
-import signal
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, Optional
@@ -22,16 +16,16 @@ from typing import Awaitable, Callable, Optional
 from aiohttp import web
 from aiortc import RTCSessionDescription
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
-from .config import AppConfig, ServerConfig
-from .errors import UserError
-from .runtime import Runtime, build_runtime
-from .webrtc import OFFERS_REJECTED, ConnectionManager, OfferError
+from ..config import AppConfig
+from ..metrics import OFFERS_REJECTED
+from ..runtime import Runtime
+from .connection import OfferError
+from .manager import ConnectionManager
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 MANAGER: web.AppKey[ConnectionManager] = web.AppKey("manager", ConnectionManager)
 CONFIG: web.AppKey[AppConfig] = web.AppKey("config", AppConfig)
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -154,80 +148,3 @@ def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     app.on_shutdown.append(close_connections)
     app.on_cleanup.append(stop_pool)
     return app
-
-
-# ---------------------------------------------------------------------------------- command
-def _server_config(cfg: AppConfig, args: argparse.Namespace) -> ServerConfig:
-    update = {k: getattr(args, k, None) for k in ("host", "port", "max_clients", "token")}
-    data = {**cfg.server.model_dump(), **{k: v for k, v in update.items() if v is not None}}
-    try:
-        return ServerConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
-        raise UserError(f"bad value for {flag}: {first['msg']}") from None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def _check_port(host: str, port: int) -> None:
-    """Fail on a taken port before spending seconds loading models."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-async def serve(cfg: AppConfig, stop: Optional[asyncio.Event] = None) -> None:
-    server = cfg.server
-    _check_port(server.host, server.port)
-    runtime = await build_runtime(cfg)
-    runner: Optional[web.AppRunner] = None
-    try:
-        runner = web.AppRunner(create_app(runtime, cfg), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, server.host, server.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise UserError(f"cannot listen on {server.host}:{server.port}: {exc.strerror}") from None
-        port = runner.addresses[0][1] if runner.addresses else server.port  # the real one for --port 0
-        shown = f"[{server.host}]" if ":" in server.host else server.host
-        print(f"sentistream serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        if runtime.engine.weights == "random":
-            print("warning: CLIP weights are random: estimates carry no meaning", file=sys.stderr)
-        if not _is_loopback(server.host) and not server.token:
-            print("warning: listening beyond this machine without --token: anyone who can reach it can connect", file=sys.stderr)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):  # not the main thread / platform
-                pass
-        await stop.wait()
-        print("shutting down", file=sys.stderr)
-    finally:
-        if runner is not None:
-            await runner.cleanup()  # closes every connection (on_shutdown), then the media pool
-        await runtime.close()
-
-
-def main(cfg: AppConfig, args: argparse.Namespace) -> int:
-    server = _server_config(cfg, args)
-    cfg = cfg.model_copy(update={"server": server})
-    asyncio.run(serve(cfg))
-    return 0
-

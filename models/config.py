@@ -1,0 +1,143 @@
+"""The model library's configuration as data: YAML validated by pydantic, plus `dotted.key=value`
+overrides. `ModelConfig` holds what the model and its training need (vision, model, window,
+sampler, train); an application extends it with its own sections (stream.config.AppConfig does).
+
+Any problem is a `ConfigError` with one line naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VisionConfig(Section):
+    """CLIP backbone: open_clip name + pretrained tag, a local file/dir, or `random`."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    # Architecture as data for models open_clip does not ship (the tiny test CLIP).
+    arch: Optional[dict[str, Any]] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    cache_dir: Optional[str] = None
+
+
+class FusionConfig(Section):
+    """The CLIP-CA-MSA fusion model on top of the frozen backbone."""
+
+    layers: int = Field(2, ge=0, le=12)
+    heads: int = Field(8, ge=1)
+    ffn_mult: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    time_embedding: bool = True
+    uncertainty: bool = True  # False: plain mean of heads (the "no uncertainty" ablation)
+    modalities: Literal["both", "image", "text"] = "both"
+    checkpoint: Optional[str] = None
+
+
+class WindowConfig(Section):
+    seconds: float = Field(8.0, gt=0)
+    max_frames: int = Field(40, ge=1)
+    hop: float = Field(0.5, gt=0)
+    max_text_tokens: int = Field(75, ge=8, le=75)
+
+
+class SamplerConfig(Section):
+    fps: float = Field(2.0, gt=0, le=60)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(5, ge=1)
+    seed: int = 0
+    frames_per_video: int = Field(8, ge=1)
+
+
+class ModelConfig(Section):
+    """Everything the model library reads: the backbone, the fusion model, windows, sampling, training."""
+
+    vision: VisionConfig = VisionConfig()
+    model: FusionConfig = FusionConfig()
+    window: WindowConfig = WindowConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    train: TrainConfig = TrainConfig()
+
+
+C = TypeVar("C", bound=ModelConfig)
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(root)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    allowed = first.get("ctx", {}).get("expected")
+    msg = first["msg"]
+    return f"bad value for '{key}': {msg}" + (f" (allowed: {allowed})" if allowed and "expected" not in msg.lower() else "")
+
+
+def _parse_scalar(raw: str) -> Any:
+    # YAML parsing gives ints, floats, bools, null and lists the way a user writes them in a file.
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects dotted.key=value, got '{assignment}'")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set expects dotted.key=value, got '{assignment}'")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"unknown config key '{key}': '{p}' is not a section")
+        node = child
+    value = _parse_scalar(raw)
+    # Keys that take names/tags are strings even when they look like numbers or booleans.
+    if parts[-1] in {"pretrained", "model", "stream_name", "token", "checkpoint", "language"} and value is not None:
+        value = raw
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                schema: type[C] = ModelConfig) -> C:  # type: ignore[assignment]
+    """A validated `schema` (ModelConfig, or an application's extension of it) from a YAML file and overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass an existing YAML file to --config)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {p}{where} is not valid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (vision:, model:, ...)")
+        data = loaded
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

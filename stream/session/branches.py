@@ -1,0 +1,171 @@
+"""A stream's two branches. Video: sampler -> queue -> CLIP image engine -> frame window. Audio:
+queue -> streaming Whisper -> transcript window (+ `transcript` events). Each advances its own
+media clock (`until`) and says so through the session's `Progress`; the queues come from the
+stream's clock policy (live: drop-oldest, files: back-pressure)."""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from models.sampling import FrameSampler
+
+from ..asr import StreamingTranscriber, TranscriptUpdate
+from ..engine import ModelEngine
+from ..events import make_event
+from ..flow import CLOSED, MediaQueue
+from ..metrics import LatencyStats
+from ..sources import SAMPLE_RATE, AudioChunk, VideoFrame
+from ..windows import FrameWindow, TranscriptWindow
+from .progress import Progress
+
+_MAX_AUDIO_WALLS = 20000  # (media end, wall) pairs kept for transcript lag; bounded
+
+
+class VideoBranch:
+    def __init__(self, engine: ModelEngine, sampler: FrameSampler, queue: MediaQueue, window: FrameWindow,
+                 progress: Progress, *, forward_skipped: bool, max_batch: int) -> None:
+        self.engine = engine
+        self.sampler = sampler
+        self.queue = queue
+        self.window = window
+        self.progress = progress
+        # Files send skipped frames on too, in order, to advance the branch's media clock; live
+        # sources must not let them push kept frames out of the drop-oldest queue.
+        self.forward_skipped = forward_skipped
+        self.max_batch = max_batch
+        self.frames_in = self.frames_processed = self.frames_skipped = 0
+        self.until = -1.0  # media time this branch has handled
+        self.done = False
+
+    async def push(self, frame: VideoFrame) -> None:
+        self.frames_in += 1
+        keep = self.sampler.keep(frame.t)
+        if not keep:
+            self.frames_skipped += 1
+        if keep or self.forward_skipped:
+            await self.queue.put((frame, keep))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                first = await self.queue.get()
+                if first is CLOSED:
+                    return
+                batch, ended = [first], False
+                while len(batch) < self.max_batch:  # take what is queued: one batch
+                    more = self.queue.get_nowait()
+                    if more is None:
+                        break
+                    if more is CLOSED:
+                        ended = True
+                        break
+                    batch.append(more)
+                await self._encode(batch)
+                if ended:
+                    return
+        finally:
+            self.done = True
+            self.progress.notify()
+
+    async def _encode(self, batch: list[tuple[VideoFrame, bool]]) -> None:
+        frames = [f for f, keep in batch if keep]
+        feats = await asyncio.gather(*(self.engine.encode_frame(f.image) for f in frames))
+        for f, feat in zip(frames, feats):
+            self.window.add(f.t, feat, f.wall)
+            self.frames_processed += 1
+        self.until = max(self.until, batch[-1][0].t)
+        self.progress.notify()
+
+
+class AudioBranch:
+    def __init__(self, name: str, transcriber: StreamingTranscriber, queue: MediaQueue, window: TranscriptWindow,
+                 executor: Optional[concurrent.futures.Executor], stats: LatencyStats, progress: Progress,
+                 emit: Callable[[dict], None], *, catch_up: bool) -> None:
+        self.name = name
+        self.transcriber = transcriber
+        self.queue = queue
+        self.window = window
+        self.executor = executor
+        self.stats = stats
+        self.progress = progress
+        self.emit = emit
+        # Live: take everything queued before each pass (one pass over it); files: one chunk per step.
+        self.catch_up = catch_up
+        self.audio_seconds = 0.0
+        self.transcripts = 0
+        self.until = -1.0
+        self.done = False
+        self._walls: list[tuple[float, float]] = []  # (media end, wall) for transcript lag
+
+    async def push(self, chunk: AudioChunk) -> None:
+        self.audio_seconds += len(chunk.samples) / SAMPLE_RATE
+        await self.queue.put(chunk)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ended = False
+            while not ended:
+                item = await self.queue.get()
+                if item is CLOSED:
+                    break
+                self._feed(item)
+                if self.catch_up:
+                    while (more := self.queue.get_nowait()) is not None:
+                        if more is CLOSED:
+                            ended = True
+                            break
+                        self._feed(more)
+                self._publish(await loop.run_in_executor(self.executor, self._timed_process))
+            self._publish(await loop.run_in_executor(self.executor, self.transcriber.finish))
+        finally:
+            self.until = float("inf")
+            self.done = True
+            self.progress.notify()
+
+    def _feed(self, chunk: AudioChunk) -> None:
+        tr = self.transcriber
+        # Whisper's clock counts samples: audio that starts late, has gaps or lost chunks (live
+        # drops) is padded with silence so word times stay on the media clock.
+        gap = int(round((chunk.t - tr.fed_until) * SAMPLE_RATE))
+        if gap > SAMPLE_RATE // 100:
+            tr.feed(np.zeros(gap, np.float32))
+        tr.feed(chunk.samples)
+        self._walls.append((tr.fed_until, chunk.wall))
+        if len(self._walls) > _MAX_AUDIO_WALLS:  # keep the recent half
+            del self._walls[: _MAX_AUDIO_WALLS // 2]
+
+    def _timed_process(self) -> list[TranscriptUpdate]:
+        before = self.transcriber.passes
+        started = time.perf_counter()
+        updates = self.transcriber.process()
+        if self.transcriber.passes > before:
+            self.stats.add("asr", time.perf_counter() - started)
+        return updates
+
+    def _wall_at(self, media_t: float) -> Optional[float]:
+        """When the audio containing media time t had fully entered the pipeline."""
+        i = bisect.bisect_left(self._walls, (media_t, float("-inf")))
+        return self._walls[i][1] if i < len(self._walls) else None
+
+    def _publish(self, updates: list[TranscriptUpdate]) -> None:
+        now = time.perf_counter()
+        for up in updates:
+            if up.final:
+                self.window.add_final(up.words)
+                for w in up.words:
+                    entered = self._wall_at(w.end)
+                    if entered is not None:
+                        self.stats.add("transcript_lag", max(0.0, now - entered))
+            else:
+                self.window.set_partial(up.words)
+            self.transcripts += 1
+            self.emit(make_event("transcript", self.name, self.transcriber.processed_until,
+                                 t_start=round(up.t_start, 3), t_end=round(up.t_end, 3), text=up.text, final=up.final))
+        self.until = max(self.until, self.transcriber.processed_until)
+        self.progress.notify()

@@ -1,0 +1,169 @@
+"""One stream's pipeline: a video branch (sampler -> CLIP image -> frame window), an audio branch
+(streaming Whisper -> transcript window) and a clock policy (file or live) that decides when a
+window snapshot goes through fusion and becomes a `sentiment` event. The session owns lifecycle
+and the summary; the model engine and Whisper are shared through the process `Runtime`."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Optional
+
+from models.inference import WindowInput
+from models.sampling import FrameSampler
+
+from ..asr import StreamingTranscriber
+from ..events import make_event
+from ..metrics import LatencyStats
+from ..runtime import Runtime
+from ..sources import AudioChunk, MediaItem, VideoFrame
+from ..windows import FrameWindow, TranscriptWindow
+from .branches import AudioBranch, VideoBranch
+from .clocks import Clock, FileClock, LiveClock
+from .progress import Progress
+
+
+class StreamSession:
+    def __init__(self, name: str, runtime: Runtime, emit: Callable[[dict], None], *, live: bool,
+                 has_video: bool = True, has_audio: bool = True, stats: Optional[LatencyStats] = None,
+                 clock: Optional[Clock] = None):
+        cfg = runtime.cfg
+        self.name = name
+        self.rt = runtime
+        self.cfg = cfg
+        self.emit_event = emit
+        self.timing: Clock = clock or (LiveClock(cfg) if live else FileClock(cfg))
+        self.live = self.timing.live
+        self.stats = stats if stats is not None else LatencyStats()
+        self.progress = Progress()
+        self.frames = FrameWindow(cfg.window.seconds, cfg.window.max_frames)
+        self.transcript = TranscriptWindow(cfg.window.seconds)
+        self.video: Optional[VideoBranch] = None
+        self.audio: Optional[AudioBranch] = None
+        if has_video:
+            self.video = VideoBranch(runtime.engine, FrameSampler(cfg.sampler.fps), self.timing.video_queue(), self.frames,
+                                     self.progress, forward_skipped=self.timing.forward_skipped_frames,
+                                     max_batch=cfg.engine.max_batch)
+        self.has_video = has_video
+        self.has_audio = has_audio and cfg.asr.enabled and runtime.whisper is not None
+        if self.has_audio:
+            transcriber = StreamingTranscriber(runtime.whisper, self.timing.asr_config(), decoder=runtime.pass_decoder())
+            self.audio = AudioBranch(name, transcriber, self.timing.audio_queue(), self.transcript, runtime.asr_executor,
+                                     self.stats, self.progress, emit, catch_up=self.timing.catch_up_audio)
+        self._clock = 0.0  # newest media time pushed
+        self.started = time.perf_counter()
+        self.input_ended = False
+        self.estimates = 0
+        self.last_estimate: Optional[dict] = None
+
+    # ------------------------------------------------------------------ what the clock reads
+    @property
+    def clock(self) -> float:
+        return self._clock
+
+    @property
+    def video_until(self) -> float:
+        return self.video.until if self.video else -1.0
+
+    @property
+    def audio_until(self) -> float:
+        return self.audio.until if self.audio else -1.0
+
+    @property
+    def video_done(self) -> bool:
+        return self.video is None or self.video.done
+
+    @property
+    def audio_done(self) -> bool:
+        return self.audio is None or self.audio.done
+
+    @property
+    def frames_processed(self) -> int:
+        return self.video.frames_processed if self.video else 0
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.video.queue.dropped if self.video else 0
+
+    # ------------------------------------------------------------------ input (source side)
+    async def push(self, item: MediaItem) -> None:
+        if isinstance(item, VideoFrame):
+            await self.push_video(item)
+        else:
+            await self.push_audio(item)
+
+    async def push_video(self, frame: VideoFrame) -> None:
+        if self.video is None:
+            return
+        self._clock = max(self._clock, frame.t)
+        await self.video.push(frame)
+
+    async def push_audio(self, chunk: AudioChunk) -> None:
+        if self.audio is None:
+            return
+        self._clock = max(self._clock, chunk.t + chunk.duration)
+        await self.audio.push(chunk)
+
+    def end_input(self) -> None:
+        """No more media: branches drain what is queued, then the clock finishes."""
+        if self.input_ended:
+            return
+        self.input_ended = True
+        for branch in (self.video, self.audio):
+            if branch is not None:
+                branch.queue.close()
+
+    # ------------------------------------------------------------------ estimates
+    async def estimate(self, end: float) -> None:
+        snap = self.frames.snapshot(end)
+        text, n_words = self.transcript.text(end)
+        window = WindowInput(snap.features, snap.ages, text, n_words)
+        tick = time.perf_counter()
+        est = await self.rt.engine.estimate(window, self.cfg.window.max_text_tokens)
+        now = time.perf_counter()
+        for entry in snap.entries:
+            if not entry.seen:
+                entry.seen = True
+                self.stats.add("frame_to_estimate", now - entry.wall)
+        newest = max((e.wall for e in snap.entries), default=tick)
+        event = make_event("sentiment", self.name, end, **est.to_event_fields(), weights=self.rt.engine.weights,
+                           latency_ms=round((now - newest) * 1000.0, 2))
+        self.estimates += 1
+        self.last_estimate = event
+        self.emit_event(event)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> dict:
+        """Runs until the input ended and everything queued is processed; returns the summary."""
+        tasks = [asyncio.create_task(b.run(), name=f"{self.name}-{kind}")
+                 for kind, b in (("video", self.video), ("audio", self.audio)) if b is not None]
+        clock = asyncio.create_task(self.timing.run(self), name=f"{self.name}-estimator")
+        try:
+            # The clock ends after both branches; gathering all three surfaces a failure at once.
+            await asyncio.gather(*tasks, clock)
+        except BaseException:
+            # Nobody consumes any more: a decode thread blocked on a full file queue must not hang.
+            for branch in (self.video, self.audio):
+                if branch is not None:
+                    branch.queue.abort()
+            raise
+        finally:
+            for task in (*tasks, clock):
+                task.cancel()
+            await asyncio.gather(*tasks, clock, return_exceptions=True)
+            self.rt.stats.merge(self.stats)
+        return self.summary()
+
+    def summary(self) -> dict:
+        wall = time.perf_counter() - self.started
+        v, a = self.video, self.audio
+        return make_event(
+            "summary", self.name, self._clock,
+            frames_in=v.frames_in if v else 0, frames_processed=self.frames_processed,
+            frames_dropped=self.frames_dropped, frames_skipped=v.frames_skipped if v else 0,
+            audio_chunks_dropped=a.queue.dropped if a else 0,
+            audio_seconds=round(a.audio_seconds, 3) if a else 0.0, media_seconds=round(self._clock, 3),
+            wall_seconds=round(wall, 3), realtime_factor=round(self._clock / wall, 3) if wall > 0 else None,
+            estimates=self.estimates, transcripts=a.transcripts if a else 0,
+            latency=self.stats.summary(),
+            asr=a.transcriber.stats() if a else None,
+        )

@@ -1,0 +1,67 @@
+"""Local camera by index through OpenCV: live, video only (microphones are a separate device)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from models.errors import UserError
+
+from .base import MediaItem, MediaSource, SourceInfo, VideoFrame
+
+
+class CameraSource(MediaSource):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+        self._cap: Any = None
+        self._first: Optional[np.ndarray] = None
+
+    def _open(self) -> SourceInfo:
+        import cv2
+
+        cap = cv2.VideoCapture(self.index)
+        if not cap.isOpened():
+            cap.release()
+            raise UserError(f"camera {self.index} could not be opened: no such device, or it is busy or not "
+                            f"permitted; check `ls /dev/video*`, or pass a file, URL or 'demo' as the source")
+        ok, first = cap.read()
+        if not ok or first is None:
+            cap.release()
+            raise UserError(f"camera {self.index} could not be opened: it returned no frame; check that no other "
+                            f"program is using it")
+        self._first = first
+        fps = cap.get(cv2.CAP_PROP_FPS) or None
+        self._cap = cap
+        return SourceInfo(description=f"camera {self.index}", live=True, has_video=True, has_audio=False,
+                          duration=None, fps=float(fps) if fps else None,
+                          width=int(first.shape[1]), height=int(first.shape[0]))
+
+    def _is_open(self) -> bool:
+        return self._cap is not None
+
+    def _items(self) -> Iterator[MediaItem]:
+        import cv2
+
+        # A camera has no media clock we can trust across drivers: media time is wall time since start.
+        start = time.perf_counter()
+        first, self._first = self._first, None
+        while not self._stop.is_set():
+            if first is not None:
+                ok, bgr = True, first
+                first = None
+            else:
+                ok, bgr = self._cap.read()
+            now = time.perf_counter()
+            if not ok or bgr is None:
+                if self._stop.is_set():
+                    return
+                raise UserError(f"camera {self.index} stopped delivering frames (unplugged or taken by "
+                                f"another program)")
+            yield VideoFrame(t=now - start, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), wall=now)
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
