@@ -7,10 +7,9 @@ from typing import Optional
 
 import torch
 
-from .config import ModelConfig
-
 from .backbone import ClipBackbone, create_backbone
 from .checkpoint import load_checkpoint
+from .config import ModelConfig
 from .fusion import ClipCaMsa
 from .prompts import LABELS, PROMPTS
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FusionConfig
-
 from .prompts import LABELS
 from .uncertainty import HEADS, combine, head_weights
 

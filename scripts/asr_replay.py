@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
 
 PACKET_SECONDS = 0.02
 

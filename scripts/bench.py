@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package from a checkout; tests/media.py makes the clip
+
 
 GPU_P95_LIMIT_MS = 200.0
 GPU_STREAMS = (8, 16, 32, 48, 64, 80, 96, 128, 160, 192, 256)
@@ -103,7 +103,7 @@ def run_worker(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--json", str(out), "--worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not out.is_file():
-        tail = "\n".join(l for l in proc.stderr.strip().splitlines() if not l.startswith("warning:"))[-1500:]
+        tail = "\n".join(line for line in proc.stderr.strip().splitlines() if not line.startswith("warning:"))[-1500:]
         raise RuntimeError(f"profile run {spec['streams']}x {spec['engine']} failed ({proc.returncode}): {tail}")
     return json.loads(out.read_text())
 
@@ -213,9 +213,9 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 def bench_asr(cfg: Any, wav: Path, reference: str) -> dict[str, Any]:
     from media import wer as media_wer
 
-    from stream.sources.audio import SAMPLE_RATE, load_audio_16k
-    from stream.profile import run_profile
     from stream.asr.model import load_whisper
+    from stream.profile import run_profile
+    from stream.sources.audio import SAMPLE_RATE, load_audio_16k
 
     def wer(hyp: str) -> float:
         return round(media_wer(reference, hyp), 4)
@@ -361,8 +361,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cuda and not torch.cuda.is_available():
         return fail("--cuda needs a CUDA GPU visible to torch, and torch.cuda.is_available() is False here "
                     "(no NVIDIA GPU/driver, or a CPU-only torch build); run the CPU benchmark without --cuda")
-    from stream.config import ConfigError, load_config
     from models.errors import UserError
+    from stream.config import ConfigError, load_config
 
     config = args.config or str(ROOT / "configs" / ("gpu.yaml" if args.cuda else "default.yaml"))
     overrides = ["vision.pretrained=random", *args.overrides]

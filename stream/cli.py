@@ -15,7 +15,6 @@ from models.errors import UserError
 
 from .config import AppConfig, default_config_path, load_config
 
-
 # command -> "module:function"; each function takes (cfg, args) and returns an exit code.
 COMMANDS: dict[str, str] = {
     "run": "stream.commands.run:main",

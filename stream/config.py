@@ -15,13 +15,14 @@ from models.config import (  # noqa: F401  (re-exported: the app's config is the
     FusionConfig,
     ModelConfig,
     SamplerConfig,
+    Section,
     TrainConfig,
     VisionConfig,
     WindowConfig,
-    Section,
 )
 from models.config import load_config as _load
 from models.errors import ConfigError  # noqa: F401
+
 
 class AsrConfig(Section):
     enabled: bool = True

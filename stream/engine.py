@@ -5,7 +5,6 @@ torch work runs on one dedicated thread so the event loop never blocks on comput
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging

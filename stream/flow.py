@@ -7,7 +7,6 @@ import asyncio
 import collections
 from typing import Any, Protocol
 
-
 CLOSED: Any = object()  # what get() returns once a closed queue is drained
 
 

@@ -7,11 +7,9 @@ carries only the table; everything else goes to stderr or to --json / --plot.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import concurrent.futures
-import json
 import math
 import os
 import resource

@@ -10,17 +10,16 @@ import av
 import numpy as np
 import pytest
 
-from media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
-
-SENTENCES = list(SPEECH_SCRIPT)
-from stream.asr.agreement import Word, agreement, normalize
+from models.errors import UserError
+from scripts.media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
 from stream.asr import StreamingTranscriber, TranscriptUpdate
+from stream.asr.agreement import Word, agreement, normalize
 from stream.asr.model import load_whisper
 from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
-from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.config import AsrConfig
-from models.errors import UserError
+from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 
+SENTENCES = list(SPEECH_SCRIPT)
 FEED_SECONDS = 0.5
 # The full 43 s clip streams in ~20 s of CPU on 2 cores (~45 Whisper passes): > 30 s wall here.
 slow = pytest.mark.slow

@@ -21,8 +21,8 @@ from typing import Iterator
 
 import pytest
 
+from scripts.media import make_speech_clip, require_tools
 from tests.conftest import ROOT, TINY_CONFIG
-from tests.media import make_speech_clip, require_tools
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.checkpoint import CONFIG_FILE, META_FILE, WEIGHTS_FILE, load_checkpoint, read_meta, save_checkpoint
+from models.errors import UserError
 from models.factory import build_fusion, build_model
 from models.inference import WindowInput, build_inputs
 from stream.config import load_config
-from models.errors import UserError
 
 
 def _inputs(model, seed=0):

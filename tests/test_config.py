@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from models.errors import UserError
 from stream import cli
 from stream.config import AppConfig, ConfigError, load_config
-from models.errors import UserError
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"

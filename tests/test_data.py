@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.training.data import load_dataset, seeded_split
-from stream import cli
 from models.errors import UserError
-from tests.media import make_video, require_tools
+from models.training.data import load_dataset, seeded_split
+from scripts.media import make_video, require_tools
+from stream import cli
 
 
 # ------------------------------------------------------------------------------------------ builders

@@ -7,8 +7,8 @@ import av
 import numpy as np
 import pytest
 
+from scripts.media import make_video, require_tools, write_wav
 from stream.overlay import OverlayState, OverlayTracker, OverlayWriter, draw_overlay, render_overlay_file
-from tests.media import make_video, require_tools, write_wav
 
 STATE = OverlayState(label="negative", score=-0.7, probs={"negative": 0.8, "neutral": 0.15, "positive": 0.05},
                      weights={"image": 0.3, "text": 0.7}, transcript="this is terrible and I am upset " * 5,

@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from media import make_speech_clip, make_video, require_tools
+from scripts.media import make_speech_clip, make_video, require_tools
 from stream.cli import main as cli_main
 from stream.config import load_config
 from stream.profile import STAGES, run_profile

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.media import make_speech_clip, make_video, require_tools, wer
+from scripts.media import make_speech_clip, make_video, require_tools, wer
 
 ROOT = Path(__file__).parent.parent
 TINY = str(ROOT / "configs" / "tiny-test.yaml")

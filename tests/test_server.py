@@ -24,13 +24,12 @@ from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
+from scripts.media import cached, make_speech_clip, make_video, require_tools
 from stream.config import load_config
 from stream.runtime import build_runtime
-from stream.server import create_app
+from stream.server import Connection, create_app
 from stream.session import StreamSession
-from stream.server import Connection
 from tests.conftest import TINY_CONFIG
-from tests.media import cached, make_speech_clip, make_video, require_tools
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -16,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
+from models.errors import UserError
 from models.training import features as features_mod
 from models.training.data import load_dataset
-from models.training.metrics import classification_metrics, confusion_matrix
 from models.training.features import load_features
 from models.training.loop import read_log, train_fusion
+from models.training.metrics import classification_metrics, confusion_matrix
+from scripts.media import make_video, require_tools
 from stream import cli
 from stream.config import load_config
-from models.errors import UserError
-from tests.media import make_video, require_tools
 
 POSITIVE = ["love", "great", "wonderful", "happy", "excellent", "amazing", "fantastic", "delightful"]
 NEGATIVE = ["hate", "awful", "terrible", "sad", "horrible", "disgusting", "miserable", "dreadful"]

@@ -6,6 +6,7 @@ from fractions import Fraction
 from typing import Iterable, Optional
 
 import av
+import cv2
 import numpy as np
 
 from models.errors import UserError, one_line

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
@@ -27,9 +27,6 @@ from ..sources.webrtc import TrackClock, audio_chunks, discard, video_frames
 from .channel import EventChannel
 from .overlay_track import OverlayTrack
 
-if TYPE_CHECKING:
-    from .manager import ConnectionManager
-
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 5.0  # on close, let the session finish its last ASR pass, then cancel it
@@ -41,11 +38,11 @@ class OfferError(ValueError):
 
 class Connection:
     def __init__(self, runtime: Runtime, pool: concurrent.futures.Executor, ice_servers: tuple[RTCIceServer, ...],
-                 on_closed: "ConnectionManager", connect_timeout_s: float) -> None:
+                 on_closed: Callable[["Connection"], None], connect_timeout_s: float) -> None:
         self.id = uuid.uuid4().hex[:8]
         self.rt = runtime
         self.pool = pool
-        self._manager = on_closed
+        self._on_closed = on_closed  # frees the slot
         self.connect_timeout_s = connect_timeout_s  # an answered offer whose peer never connects gives its slot back
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.tracker = OverlayTracker()
@@ -202,5 +199,5 @@ class Connection:
             self.tracks.clear()
             self.extra_tracks.clear()
             self.events.detach()
-            self._manager.forget(self)
+            self._on_closed(self)
             self.closed.set()

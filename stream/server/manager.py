@@ -29,7 +29,7 @@ class ConnectionManager:
 
     async def open(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         """Registers the connection before the first await, so the slot check cannot race."""
-        conn = Connection(self.runtime, self.pool, self.ice_servers, self, self.cfg.server.connect_timeout_s)
+        conn = Connection(self.runtime, self.pool, self.ice_servers, self.forget, self.cfg.server.connect_timeout_s)
         self.connections[conn.id] = conn
         CONNECTIONS.set(len(self.connections))
         try:

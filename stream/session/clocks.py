@@ -62,7 +62,7 @@ class FileClock:
         k = 1
         while True:
             end = round(k * self.hop, 6)
-            await s.progress.until(lambda: (s.video_done or s.video_until >= end) and (s.audio_done or s.audio_until >= end))
+            await s.progress.until(lambda end=end: (s.video_done or s.video_until >= end) and (s.audio_done or s.audio_until >= end))
             if s.video_done and s.audio_done and end > s.clock + 1e-6:
                 return
             await s.estimate(end)
