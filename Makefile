@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast apt bench bench-gpu clean
+.PHONY: install demo test test-fast lint apt bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ demo: install
 
 test: install apt
 	$(VENV)/bin/python -m pytest -v -rs $(PYTEST_ARGS)
+
+# Also part of the suite (tests/test_layers.py): ruff, and the import-linter layer contracts in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test-fast: install apt
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
