@@ -334,17 +334,28 @@ def test_buffer_stays_bounded_when_passes_never_agree():
     for i in range(0, audio.size, SAMPLE_RATE // 2):
         tr.feed(audio[i : i + SAMPLE_RATE // 2])
         finals += [u for u in tr.process() if u.final]
-        assert tr._buf.size <= (cfg.max_buffer_seconds + cfg.chunk_seconds) * SAMPLE_RATE
+        assert tr.buffered_seconds <= cfg.max_buffer_seconds + cfg.chunk_seconds
     finals += [u for u in tr.finish() if u.final]
     starts = [w.start for u in finals for w in u.words]
     assert starts == sorted(starts) and len(starts) > 50
 
 
 def test_feed_accepts_pcm16():
-    tr = StreamingTranscriber(ScriptedModel(), AsrConfig(vad=False, encoder_pad_seconds=None))
+    class Recorder:  # a PassDecoder that keeps what each pass was given
+        def __init__(self) -> None:
+            self.audio: list[np.ndarray] = []
+
+        def transcribe(self, audio: np.ndarray, prompt):
+            self.audio.append(audio)
+            return []
+
+    decoder = Recorder()
+    tr = StreamingTranscriber(ScriptedModel(), AsrConfig(vad=False), decoder=decoder)
     tr.feed(np.full(SAMPLE_RATE, 16384, dtype=np.int16))
     assert tr.audio_seconds == pytest.approx(1.0)
-    assert tr._pending[0].dtype == np.float32 and tr._pending[0][0] == pytest.approx(0.5)
+    tr.process()
+    (audio,) = decoder.audio
+    assert audio.dtype == np.float32 and audio[0] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------ loading

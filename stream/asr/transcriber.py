@@ -130,6 +130,11 @@ class StreamingTranscriber:
     def audio_seconds(self) -> float:
         return self._fed / SAMPLE_RATE
 
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio held for the next pass (bounded by asr.max_buffer_seconds plus one step)."""
+        return self._buf.size / SAMPLE_RATE
+
     def stats(self) -> dict[str, float]:
         return {
             "passes": self.passes,
