@@ -37,10 +37,26 @@ def prompt_embeddings(backbone: ClipBackbone) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def build_fusion(backbone: ClipBackbone, cfg: ModelConfig) -> ClipCaMsa:
-    scale = float(backbone.clip.logit_scale.exp().item())
-    fusion = ClipCaMsa(backbone.embed_dim, cfg.model, prompt_embeddings(backbone).cpu(), scale)
-    return fusion.to(backbone.device).eval()
+@dataclass(frozen=True)
+class ZeroShot:
+    """What a new fusion model starts from (heads = CLIP zero-shot): the backbone's width, its
+    prompt embeddings and logit scale. From a live backbone, or from cached training features."""
+
+    embed_dim: int
+    prompts: torch.Tensor  # (3, d)
+    logit_scale: float
+
+    @classmethod
+    def of(cls, backbone: ClipBackbone) -> "ZeroShot":
+        scale = float(backbone.clip.logit_scale.exp().item())
+        return cls(backbone.embed_dim, prompt_embeddings(backbone).cpu(), scale)
+
+
+def build_fusion(zero_shot: ZeroShot | ClipBackbone, cfg: ModelConfig) -> ClipCaMsa:
+    """The one constructor of the fusion model (on the backbone's device in eval mode when given one)."""
+    init = zero_shot if isinstance(zero_shot, ZeroShot) else ZeroShot.of(zero_shot)
+    fusion = ClipCaMsa(init.embed_dim, cfg.model, init.prompts, init.logit_scale)
+    return fusion.to(zero_shot.device).eval() if isinstance(zero_shot, ClipBackbone) else fusion
 
 
 def build_model(cfg: ModelConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stream.engine import ModelEngine
-from stream.flow import FileQueue, LatestQueue
+from stream.queues import FileQueue, LatestQueue
 from stream.runtime import Runtime
 from stream.session import FileClock, LiveClock, StreamSession
 from stream.sources import VideoFrame

@@ -15,7 +15,7 @@ import pytest
 from models.errors import UserError
 from models.sampling import FrameSampler
 from scripts.media import make_video, require_tools, write_wav
-from stream.flow import LatestQueue
+from stream.queues import LatestQueue
 from stream.sources import AudioChunk, VideoFrame, open_source
 
 SECONDS = 2.0

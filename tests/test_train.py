@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from models.errors import UserError
-from models.training import features as features_mod
+from models.training import feature_cache as features_mod
 from models.training.data import load_dataset
-from models.training.features import load_features
+from models.training.feature_cache import load_features
 from models.training.loop import read_log, train_fusion
 from models.training.metrics import classification_metrics, confusion_matrix
 from scripts.media import make_video, require_tools

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..backbone import resolve_device
 from ..config import C, ModelConfig
-from .features import FeatureSet
+from .feature_cache import FeatureSet
 from .loop import train_fusion
 from .metrics import score_model
 

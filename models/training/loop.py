@@ -27,9 +27,10 @@ from ..backbone import resolve_device
 from ..checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from ..config import ModelConfig
 from ..errors import UserError
+from ..factory import build_fusion
 from ..fusion import ClipCaMsa
 from ..uncertainty import uncertainty_loss
-from .features import FeatureSet, make_fusion
+from .feature_cache import FeatureSet
 from .metrics import classification_metrics, confusion_matrix, run_heads
 from .plots import plot_confusion, plot_curves
 
@@ -197,7 +198,7 @@ def train_fusion(cfg: ModelConfig, features: FeatureSet, out_dir: str | Path, *,
     save_cfg = cfg.model_copy(deep=True)
     save_cfg.model.checkpoint = None  # the trained checkpoint stands alone
     torch.manual_seed(cfg.train.seed)
-    fusion = make_fusion(cfg, features)
+    fusion = build_fusion(features.zero_shot, cfg)
     if warm_start:  # fine-tune from an earlier checkpoint
         load_checkpoint(warm_start, fusion, cfg, features.embed_dim)
     fusion.to(device)

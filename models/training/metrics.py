@@ -8,7 +8,7 @@ import torch
 
 from ..fusion import FUSED, IMAGE, TEXT, ClipCaMsa
 from ..prompts import LABELS
-from .features import FeatureSet
+from .feature_cache import FeatureSet
 
 METRICS = ("accuracy", "weighted_f1", "macro_f1")
 

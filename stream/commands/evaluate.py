@@ -12,9 +12,10 @@ from typing import Any
 from models.backbone import resolve_device
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_meta
 from models.errors import UserError
+from models.factory import build_fusion
 from models.training.ablations import run_ablations
 from models.training.data import load_dataset
-from models.training.features import load_features, make_fusion
+from models.training.feature_cache import load_features
 from models.training.metrics import score_model
 
 from ..config import AppConfig, load_config
@@ -48,7 +49,7 @@ def main(cfg: AppConfig, args: Any) -> int:
     required = ("train", "valid", "test") if args.ablations else ("test",)
     dataset = load_dataset(args.data, cfg.train.seed, require=required)
     features = load_features(cfg, dataset, progress=True)
-    fusion = make_fusion(cfg, features)
+    fusion = build_fusion(features.zero_shot, cfg)
     load_checkpoint(ckpt, fusion, cfg, features.embed_dim)
     device = resolve_device(cfg.vision.device)
     fusion.to(device).eval()

@@ -5,7 +5,7 @@ import sys
 from typing import Any
 
 from models.training.data import load_dataset
-from models.training.features import load_features
+from models.training.feature_cache import load_features
 from models.training.loop import train_fusion
 
 from ..config import AppConfig

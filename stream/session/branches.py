@@ -17,8 +17,8 @@ from models.sampling import FrameSampler
 from ..asr import StreamingTranscriber, TranscriptUpdate
 from ..engine import ModelEngine
 from ..events import make_event
-from ..flow import CLOSED, MediaQueue
 from ..metrics import LatencyStats
+from ..queues import CLOSED, MediaQueue
 from ..sources import SAMPLE_RATE, AudioChunk, VideoFrame
 from ..windows import FrameWindow, TranscriptWindow
 from .progress import Progress

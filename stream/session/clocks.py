@@ -12,7 +12,7 @@ import time
 from typing import Protocol
 
 from ..config import AppConfig, AsrConfig
-from ..flow import FileQueue, LatestQueue, MediaQueue
+from ..queues import FileQueue, LatestQueue, MediaQueue
 from .progress import Progress
 
 _AUDIO_CHUNK_S = 0.02  # a live audio queue holds pipeline.audio_queue_seconds of 20 ms chunks

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from ..backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
 from ..config import ModelConfig
 from ..errors import UserError, one_line
-from ..factory import prompt_embeddings
-from ..fusion import ClipCaMsa, FusionInputs
+from ..factory import ZeroShot, prompt_embeddings
+from ..fusion import FusionInputs
 from ..media import DamagedPackets, decode_packets, media_t0
 from ..prompts import label_index
 from ..sampling import FrameSampler
@@ -65,6 +65,11 @@ class FeatureSet:
     def embed_dim(self) -> int:
         return int(self.image.shape[-1])
 
+    @property
+    def zero_shot(self) -> ZeroShot:
+        """What `models.factory.build_fusion` starts a fusion model from, as cached with the features."""
+        return ZeroShot(self.embed_dim, self.prompt_embeddings, self.logit_scale)
+
     def indices(self, split: str) -> torch.Tensor:
         return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
 
@@ -77,11 +82,6 @@ class FeatureSet:
             text_mask=self.text_mask[idx].to(device),
             text_pool=self.text_pool[idx].to(device),
         )
-
-
-def make_fusion(cfg: ModelConfig, features: FeatureSet) -> ClipCaMsa:
-    """The model `factory.build_fusion` builds, from the prompt embeddings cached with the features."""
-    return ClipCaMsa(features.embed_dim, cfg.model, features.prompt_embeddings, features.logit_scale)
 
 
 # ------------------------------------------------------------------------------------------- cache
