@@ -96,3 +96,10 @@ def test_model_library_imports_without_the_app():
 def test_ruff_is_clean():
     proc = subprocess.run([_tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_whisper_batching_does_not_pull_in_torch():
+    # The generic micro-batcher lives apart from the CLIP engine: ASR alone stays light.
+    code = "import sys, stream.batching, stream.asr.batching, stream.asr; assert 'torch' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

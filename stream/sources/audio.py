@@ -12,6 +12,7 @@ import av
 import numpy as np
 
 from models.errors import UserError
+from models.media import DamagedPackets, decode_packets
 
 from .base import SAMPLE_RATE
 
@@ -85,10 +86,13 @@ def load_audio_16k(path: str | Path) -> np.ndarray:
         stream = container.streams.audio[0]
         resampler = AudioResampler()
         chunks: list[np.ndarray] = []
+        damaged = DamagedPackets()
         try:
-            for frame in container.decode(stream):
+            for _, frame in decode_packets(container, stream, damaged=damaged):
                 chunks.append(resampler.resample(frame))
         except av.FFmpegError as exc:
             raise UserError(f"cannot decode audio in {path}: {exc}") from None
+        if damaged.first is not None:  # whole-file audio is all or nothing
+            raise UserError(f"cannot decode audio in {path}: {damaged.first}")
         chunks.append(resampler.flush())
     return _concat(chunks)
