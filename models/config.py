@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every float must be finite: an inf wait hangs, an inf size overflows, an inf hop gives no estimates.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class VisionConfig(Section):
@@ -35,8 +36,8 @@ class FusionConfig(Section):
     """The CLIP-CA-MSA fusion model on top of the frozen backbone."""
 
     layers: int = Field(2, ge=0, le=12)
-    heads: int = Field(8, ge=1)
-    ffn_mult: int = Field(2, ge=1)
+    heads: int = Field(8, ge=1, le=64)  # must divide the backbone's embedding size (checked where the model is built)
+    ffn_mult: int = Field(2, ge=1, le=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     time_embedding: bool = True
     uncertainty: bool = True  # False: plain mean of heads (the "no uncertainty" ablation)
@@ -45,9 +46,9 @@ class FusionConfig(Section):
 
 
 class WindowConfig(Section):
-    seconds: float = Field(8.0, gt=0)
-    max_frames: int = Field(40, ge=1)
-    hop: float = Field(0.5, gt=0)
+    seconds: float = Field(8.0, gt=0, le=300)
+    max_frames: int = Field(40, ge=1, le=1024)
+    hop: float = Field(0.5, gt=0, le=60)
     max_text_tokens: int = Field(75, ge=8, le=75)
 
 
@@ -56,13 +57,13 @@ class SamplerConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    patience: int = Field(5, ge=1)
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    patience: int = Field(5, ge=1, le=100_000)
     seed: int = 0
-    frames_per_video: int = Field(8, ge=1)
+    frames_per_video: int = Field(8, ge=1, le=256)
 
 
 class ModelConfig(Section):
@@ -78,12 +79,35 @@ class ModelConfig(Section):
 C = TypeVar("C", bound=ModelConfig)
 
 
-def _describe(err: ValidationError) -> str:
+def _section_fields(schema: type[BaseModel], loc: tuple[Any, ...]) -> Optional[tuple[str, list[str]]]:
+    """(dotted section name, its keys) for the section that holds the key at `loc`, or None."""
+    model: Any = schema
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    return ".".join(str(p) for p in loc[:-1]), list(model.model_fields)
+
+
+def _describe(err: ValidationError, schema: type[BaseModel] = ModelConfig) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(root)"
     kind = first["type"]
     if kind == "extra_forbidden":
-        return f"unknown config key '{key}'"
+        section = _section_fields(schema, tuple(first["loc"]))
+        if section is None:
+            return f"unknown config key '{key}'"
+        name, keys = section
+        if not name:  # a whole section is unknown: name the key under it too when there is one
+            inner = first.get("input")
+            full = f"{key}.{next(iter(inner))}" if isinstance(inner, dict) and len(inner) == 1 else key
+            return f"unknown config key '{full}': no section '{key}' (allowed sections: {', '.join(keys)})"
+        return f"unknown config key '{key}' (allowed in {name}: {', '.join(keys)})"
+    if kind == "finite_number":
+        return f"bad value for '{key}': must be a finite number (not inf or nan)"
     allowed = first.get("ctx", {}).get("expected")
     msg = first["msg"]
     return f"bad value for '{key}': {msg}" + (f" (allowed: {allowed})" if allowed and "expected" not in msg.lower() else "")
@@ -141,4 +165,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, schema)) from None

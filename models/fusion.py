@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import FusionConfig
+from .errors import ConfigError
 from .prompts import LABELS
 from .uncertainty import HEADS, combine, head_weights
 
@@ -106,7 +107,9 @@ class ClipCaMsa(nn.Module):
     def __init__(self, dim: int, cfg: FusionConfig, prompt_embeddings: torch.Tensor, logit_scale: float):
         super().__init__()
         if dim % cfg.heads:
-            raise ValueError(f"model.heads={cfg.heads} must divide the CLIP embedding size {dim}")
+            fits = [h for h in range(1, min(dim, 64) + 1) if dim % h == 0]
+            raise ConfigError(f"model.heads={cfg.heads} must divide the CLIP embedding size {dim} "
+                              f"(use one of {', '.join(map(str, fits))})")
         self.cfg = cfg
         self.dim = dim
         self.time = TimeEmbedding(dim) if cfg.time_embedding else None

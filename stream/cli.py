@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
     serve.add_argument("--max-clients", type=int, default=None, help="concurrent connections (default 8)")
-    serve.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN' on offers")
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument("--token", default=None,
+                       help="require 'Authorization: Bearer TOKEN' on offers and /metrics (visible in ps: "
+                            "prefer --token-file or SENTISTREAM_TOKEN)")
+    token.add_argument("--token-file", default=None, metavar="PATH", help="read the token from this file (first line)")
     _common(serve)
 
     prof = sub.add_parser("profile", help="run N concurrent streams through the real pipeline and report latencies")

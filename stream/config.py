@@ -29,13 +29,13 @@ class AsrConfig(Section):
     model: str = "bundled"  # bundled | faster-whisper model name | local CTranslate2 dir
     device: str = "cpu"
     compute_type: str = "int8"
-    cpu_threads: int = Field(0, ge=0)
+    cpu_threads: int = Field(0, ge=0, le=1024)
     language: Optional[str] = "en"
     beam_size: int = Field(1, ge=1, le=10)
-    chunk_seconds: float = Field(0.5, gt=0)  # live: a Whisper pass per this much new audio
+    chunk_seconds: float = Field(0.5, gt=0, le=30)  # live: a Whisper pass per this much new audio
     # Files (not live) need no low latency: a longer step means fewer passes (each costs a
     # padded 30 s window), so analysis runs well above real time with the same algorithm.
-    file_chunk_seconds: float = Field(3.0, gt=0)
+    file_chunk_seconds: float = Field(3.0, gt=0, le=30)
     # Words ending this close to the buffer's end wait a pass: they may still be cut short.
     settle_seconds: float = Field(0.5, ge=0, le=5)
     max_buffer_seconds: float = Field(15.0, gt=2, le=28)
@@ -43,7 +43,7 @@ class AsrConfig(Section):
     encoder_pad_seconds: Optional[float] = Field(3.0, ge=0, le=30)
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
-    min_silence_ms: int = Field(500, ge=50)
+    min_silence_ms: int = Field(500, ge=50, le=60_000)
     workers: int = Field(1, ge=1, le=16)
     # Passes of up to this many streams decoded together (needs encoder_pad_seconds); 1 = one at a time.
     batch: int = Field(1, ge=1, le=128)
@@ -51,25 +51,25 @@ class AsrConfig(Section):
 
 
 class EngineConfig(Section):
-    max_batch: int = Field(16, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_batch: int = Field(16, ge=1, le=1024)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
     compile: bool = False
-    text_cache_size: int = Field(256, ge=0)
-    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch default
+    text_cache_size: int = Field(256, ge=0, le=1_000_000)
+    threads: int = Field(0, ge=0, le=1024)  # torch intra-op threads; 0 = torch default
 
 
 class PipelineConfig(Section):
-    video_queue: int = Field(4, ge=1)
-    audio_queue_seconds: float = Field(10.0, gt=0)
+    video_queue: int = Field(4, ge=1, le=1024)
+    audio_queue_seconds: float = Field(10.0, gt=0, le=600)
     stream_name: str = "0"
 
 
 class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    max_clients: int = Field(8, ge=1)
+    max_clients: int = Field(8, ge=1, le=4096)
     token: Optional[str] = None
-    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_body_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
     connect_timeout_s: float = Field(30.0, gt=0, le=300)  # an answered offer that never connects frees its slot
 
 

@@ -49,25 +49,40 @@ class EventSink(Protocol):
 
 
 class JsonlSink:
-    """Writes one JSON object per line and flushes it, so a crash never leaves half a line."""
+    """Writes one JSON object per line and flushes it, so a crash never leaves half a line.
+
+    A file is created (truncated) on the first event, not before: a run that fails before it has
+    anything to say (bad weights, a bad source) leaves no empty file behind and an earlier file as it was.
+    """
 
     def __init__(self, path: Optional[str | Path] = None):
         self._own = path is not None and str(path) != "-"
-        try:
-            self._fh: IO[str] = open(path, "w", encoding="utf-8") if self._own else sys.stdout  # type: ignore[arg-type]
-        except OSError as exc:
-            raise UserError(f"cannot write events to {path}: {exc.strerror}") from None
+        self.path = path
+        self._fh: Optional[IO[str]] = None if self._own else sys.stdout
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _open(self) -> IO[str]:
+        try:
+            self._fh = open(self.path, "w", encoding="utf-8")  # type: ignore[arg-type]
+        except OSError as exc:
+            raise UserError(f"cannot write events to {self.path}: {exc.strerror}") from None
+        return self._fh
 
     def emit(self, event: dict[str, Any]) -> None:
         line = encode_event(event)
         with self._lock:
-            self._fh.write(line + "\n")
-            self._fh.flush()
+            if self._closed:
+                raise ValueError(f"event sink {self.path} is closed")
+            fh = self._fh if self._fh is not None else self._open()
+            fh.write(line + "\n")
+            fh.flush()
 
     def close(self) -> None:
-        if self._own:
-            self._fh.close()
+        with self._lock:
+            self._closed = self._own
+            if self._own and self._fh is not None:
+                self._fh.close()
 
 
 class FanoutSink:

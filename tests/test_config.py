@@ -191,3 +191,61 @@ def test_unknown_model_and_bad_precision():
         create_backbone(_vision("vision.model=NoSuchNet", "vision.pretrained=random"))
     with pytest.raises(UserError, match="GPU"):
         create_backbone(_vision("vision.precision=fp16", "vision.pretrained=random"))
+
+
+# ------------------------------------------------------------------------------ issue 15: probing
+def test_unknown_key_names_the_dotted_key_and_its_sections_keys(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny-test.yaml", ["window.hopp=1"])
+    assert str(err.value) == "unknown config key 'window.hopp' (allowed in window: seconds, max_frames, hop, max_text_tokens)"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["foo.bar=1"])
+    assert "'foo.bar'" in str(err.value) and "allowed sections: vision, model, window" in str(err.value)
+    p = tmp_path / "c.yaml"
+    p.write_text("asr:\n  beam: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'asr\.beam' \(allowed in asr: enabled, model, .*beam_size"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("key", ["engine.max_wait_ms", "pipeline.audio_queue_seconds", "window.hop", "window.seconds",
+                                 "asr.chunk_seconds", "train.lr", "server.connect_timeout_s", "model.dropout"])
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_floats_must_be_finite(key, value, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={value}"])
+    assert str(err.value) == f"bad value for '{key}': must be a finite number (not inf or nan)"
+    p = tmp_path / "c.yaml"
+    section, name = key.split(".")
+    p.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=f"'{key}': must be a finite number"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("assignment", ["engine.max_wait_ms=1e9", "pipeline.audio_queue_seconds=1e12", "window.hop=1e6",
+                                        "window.seconds=1e9", "pipeline.video_queue=100000000", "engine.max_batch=10000000",
+                                        "server.max_body_bytes=100000000000", "window.max_frames=1000000"])
+def test_sizes_that_break_the_pipeline_are_bounded(assignment):
+    key = assignment.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"bad value for '{key}': Input should be less than or equal to"):
+        load_config(None, [assignment])
+
+
+def test_heads_that_do_not_divide_the_width_are_a_config_error(tiny_cfg):
+    from models.factory import build_model
+
+    cfg = tiny_cfg.model_copy(update={"model": tiny_cfg.model.model_copy(update={"heads": 7})})
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg)
+    assert str(err.value) == "model.heads=7 must divide the CLIP embedding size 64 (use one of 1, 2, 4, 8, 16, 32, 64)"
+
+
+def test_cli_config_probes_exit_2_with_one_line(repo_root, tmp_path):
+    """Through the command line: one line, exit 2, before anything runs (and no traceback for model.heads)."""
+    for assignment, needle in [("engine.max_wait_ms=.inf", "engine.max_wait_ms"), ("window.hop=.inf", "window.hop"),
+                               ("model.heads=7", "model.heads=7")]:
+        res = subprocess.run([sys.executable, "-m", "stream.cli", "run", "--source", str(repo_root / "samples" / "demo.mp4"),
+                              "--config", str(CONFIGS / "tiny-test.yaml"), "--set", assignment, "--output", str(tmp_path / "e.jsonl")],
+                             capture_output=True, text=True, timeout=120, cwd=repo_root)
+        assert res.returncode == 2, (assignment, res.stderr)
+        assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+        assert not (tmp_path / "e.jsonl").exists()

@@ -130,3 +130,33 @@ def test_render_video_only_source(clips, tmp_path):
     assert render_overlay_file(str(clips["v"]), [sentiment(0.0, "neutral", 0.0)], str(out)) == 30
     n, has_audio, _ = read_back(out)
     assert abs(n - 30) <= 2 and not has_audio
+
+
+def test_writer_moves_the_file_into_place_only_when_complete(tmp_path):
+    out = tmp_path / "w.mp4"
+    out.write_bytes(b"an earlier file")
+    writer = OverlayWriter(str(out), 64, 48, 10.0, with_audio=False)
+    for i in range(5):
+        writer.write_video(np.zeros((48, 64, 3), np.uint8), i / 10)
+    # While it is written the target holds what it held; anything else is a hidden partial sibling.
+    assert out.read_bytes() == b"an earlier file"
+    assert all(p.name.startswith(".w.") and p.suffix == ".mp4" for p in tmp_path.iterdir() if p != out)
+    writer.close()
+    assert read_back(out)[0] == 5 and sorted(tmp_path.iterdir()) == [out]
+
+    with pytest.raises(RuntimeError):
+        with OverlayWriter(str(out), 64, 48, 10.0, with_audio=False) as w:
+            w.write_video(np.zeros((48, 64, 3), np.uint8), 0.0)
+            raise RuntimeError("the run failed")
+    assert read_back(out)[0] == 5 and sorted(tmp_path.iterdir()) == [out]  # untouched, nothing left behind
+
+
+def test_failed_render_keeps_the_target_and_leaves_nothing(clips, tmp_path):
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"an earlier overlay")
+    # A sentiment event the drawing cannot use (score is not a number) fails the pass half way.
+    events = [sentiment(0.2, "positive", 0.5), sentiment(1.0, "negative", "not a number")]  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017 (whatever the drawing raises)
+        render_overlay_file(str(clips["av"]), events, str(out))
+    assert out.read_bytes() == b"an earlier overlay"
+    assert sorted(tmp_path.iterdir()) == [out]

@@ -217,3 +217,77 @@ def test_realtime_paces_the_file_with_live_semantics(media, tmp_path):
     summary = events[-1]
     assert summary["type"] == "summary" and summary["frames_processed"] + summary["frames_dropped"] >= 7
     assert summary["latency"]["frame_to_estimate"]["count"] >= 6
+
+
+# ------------------------------------------------------------------------------ outputs: nothing lost
+@pytest.mark.parametrize("case", ["output-is-source", "overlay-is-source", "output-is-overlay", "symlink-to-source"])
+def test_output_that_would_overwrite_an_input_is_refused(case, media, tmp_path):
+    clip = make_video(tmp_path / "a.mp4", 2.0)
+    original = clip.read_bytes()
+    if case == "output-is-source":
+        args, needle = ["--output", str(clip)], "--output"
+    elif case == "overlay-is-source":
+        args, needle = ["--overlay", str(clip)], "--overlay"
+    elif case == "output-is-overlay":
+        args, needle = ["--output", str(tmp_path / "o.mp4"), "--overlay", str(tmp_path / "sub" / ".." / "o.mp4")], "same file"
+        (tmp_path / "sub").mkdir()
+    else:
+        (tmp_path / "link.mp4").symlink_to(clip)
+        args, needle = ["--output", str(tmp_path / "link.mp4")], "same file as --source"
+    res = run_cli("--source", str(clip), "--config", TINY, *args, timeout=60)
+    _assert_clean_error(res, needle)
+    assert clip.read_bytes() == original  # the source is intact
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_run_that_fails_before_its_first_event_leaves_no_events_file(media, tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = run_cli("--source", str(media["silent_mp4"]), "--config", TINY, "--set", "vision.pretrained=/nonexistent.pt",
+                  "--output", str(out), "--overlay", str(tmp_path / "o.mp4"), timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(tmp_path.iterdir()) == []  # no empty JSONL, no overlay, no partial file
+    out.write_text('{"an": "earlier run"}\n')
+    res = run_cli("--source", str(media["silent_mp4"]), "--config", TINY, "--set", "vision.pretrained=/nonexistent.pt",
+                  "--output", str(out), timeout=120)
+    assert res.returncode == 3 and out.read_text() == '{"an": "earlier run"}\n'
+
+
+def _cli_in_process(capsys, *argv: str) -> tuple[int, str]:
+    from stream import cli
+
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", [
+    "run-output-missing-dir", "run-output-is-dir", "run-output-under-file", "run-overlay-missing-dir",
+    "run-overlay-webm", "run-overlay-audio-only", "profile-json-missing-dir", "profile-plot-not-png",
+    "train-out-is-file", "evaluate-json-missing-dir",
+])
+def test_bad_output_paths_fail_before_any_model_loads(case, media, tmp_path, capsys):
+    import time
+
+    (tmp_path / "file.txt").write_text("not a directory")
+    missing = str(tmp_path / "missing" / "x")
+    src = str(media["silent_mp4"])
+    argv, needle = {
+        "run-output-missing-dir": (["run", "--source", src, "--output", missing + ".jsonl"], "does not exist"),
+        "run-output-is-dir": (["run", "--source", src, "--output", str(tmp_path)], "is a directory"),
+        "run-output-under-file": (["run", "--source", src, "--output", str(tmp_path / "file.txt" / "e.jsonl")], "is a file"),
+        "run-overlay-missing-dir": (["run", "--source", src, "--overlay", missing + ".mp4"], "does not exist"),
+        "run-overlay-webm": (["run", "--source", src, "--overlay", str(tmp_path / "o.webm")], ".mp4"),
+        "run-overlay-audio-only": (["run", "--source", str(media["wav"]), "--overlay", str(tmp_path / "o.mp4")], "video track"),
+        "profile-json-missing-dir": (["profile", "--source", src, "--json", missing + ".json"], "does not exist"),
+        "profile-plot-not-png": (["profile", "--source", src, "--plot", str(tmp_path / "p.jpg")], ".png"),
+        "train-out-is-file": (["train", "--data", str(tmp_path / "data.jsonl"), "--out", str(tmp_path / "file.txt")], "existing file"),
+        "evaluate-json-missing-dir": (["evaluate", "--checkpoint", str(tmp_path), "--data", "x", "--json", missing + ".json"],
+                                      "does not exist"),
+    }[case]
+    started = time.perf_counter()
+    code, err = _cli_in_process(capsys, *argv, "--config", TINY)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert time.perf_counter() - started < 5  # refused up front, not after the analysis
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing written

@@ -468,3 +468,115 @@ async def test_overlay_track_relays_only_the_newest_frame():
             await asyncio.wait_for(again, 5)
     finally:
         pool.shutdown()
+
+
+# ------------------------------------------------------------------------------ issue 15: hardening
+async def _get(url: str, headers: Optional[dict] = None) -> tuple[int, dict, str]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=headers or {}) as r:
+            return r.status, dict(r.headers), await r.text()
+
+
+async def test_token_guards_metrics_and_health_details(serve):
+    base = await serve(token="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        status, hdrs, body = await _get(base + "metrics", headers)
+        assert status == 401 and "error" in json.loads(body) and hdrs["WWW-Authenticate"] == "Bearer", body
+        status, _, body = await _get(base + "healthz", headers)
+        assert status == 200 and json.loads(body) == {"status": "ok"}  # alive, nothing more
+    status, _, body = await _get(base + "metrics", auth)
+    assert status == 200 and "sentistream_connections " in body
+    status, _, body = await _get(base + "healthz", auth)
+    assert status == 200 and {"status", "connections", "max_clients", "weights", "asr", "uptime_s"} <= set(json.loads(body))
+
+
+async def test_security_headers_on_every_response(serve):
+    base = await serve(token="s3cret")
+    async with aiohttp.ClientSession() as http:
+        for method, path in [("GET", ""), ("GET", "static/app.js"), ("GET", "static/style.css"), ("GET", "healthz"),
+                             ("GET", "metrics"), ("GET", "offer"), ("GET", "nope"), ("POST", "offer")]:
+            async with http.request(method, base + path) as r:
+                assert r.status < 500, (method, path, r.status)
+                csp = r.headers.get("Content-Security-Policy", "")
+                assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
+                assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+                assert r.headers.get("X-Frame-Options") == "DENY", path
+                assert r.headers.get("Referrer-Policy") == "no-referrer", path
+    # The CSP fits the page: no inline script or style, nothing from elsewhere.
+    page = (Path(__file__).parent.parent / "stream" / "static" / "index.html").read_text()
+    assert "<style" not in page and "style=" not in page and "<script>" not in page and "on" + "click=" not in page
+
+
+async def _raw_request(base: str, request: bytes) -> tuple[int, dict]:
+    from urllib.parse import urlparse
+
+    url = urlparse(base)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    writer.write(request)
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_non_utf8_authorization_and_deep_json_are_client_errors(serve):
+    base = await serve(token="s3cret")
+    body = b'{"sdp": "v=0", "type": "offer"}'
+    for path in ("offer", "metrics"):
+        method = b"POST" if path == "offer" else b"GET"
+        request = (method + b" /" + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfes3cret\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        status, reply = await _raw_request(base, request)
+        assert status == 401 and "error" in reply, (path, status, reply)
+    auth = {"Authorization": "Bearer s3cret"}
+    for deep in (b"[" * 100_000, b'{"a":' * 50_000):
+        status, reply = await post(base + "offer", deep, auth)
+        assert status == 400 and "JSON" in reply["error"], (status, reply)
+    status, health = await get_json(base + "healthz")
+    assert status == 200  # still up
+
+
+async def test_serve_token_sources_and_empty_token(tmp_path, monkeypatch):
+    import argparse
+
+    from models.errors import UserError
+    from stream.commands.serve import _server_config
+
+    cfg = load_config(TINY_CONFIG)
+    monkeypatch.delenv("SENTISTREAM_TOKEN", raising=False)
+
+    def args(**kw):
+        return argparse.Namespace(**{"host": None, "port": None, "max_clients": None, "token": None, "token_file": None, **kw})
+
+    assert _server_config(cfg, args()).token is None
+    with pytest.raises(UserError, match="--token is empty"):
+        _server_config(cfg, args(token=""))
+    with pytest.raises(UserError, match="--token must be visible ASCII"):
+        _server_config(cfg, args(token="two words"))
+    (tmp_path / "tok").write_text("from-file\n")
+    assert _server_config(cfg, args(token_file=str(tmp_path / "tok"))).token == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(UserError, match="--token-file .*empty is empty"):
+        _server_config(cfg, args(token_file=str(tmp_path / "empty")))
+    with pytest.raises(UserError, match="cannot read --token-file"):
+        _server_config(cfg, args(token_file=str(tmp_path / "missing")))
+    monkeypatch.setenv("SENTISTREAM_TOKEN", "from-env")
+    assert _server_config(cfg, args()).token == "from-env"
+    assert _server_config(cfg, args(token="flag")).token == "flag"  # the flag wins
+    monkeypatch.setenv("SENTISTREAM_TOKEN", "")
+    with pytest.raises(UserError, match="SENTISTREAM_TOKEN is empty"):
+        _server_config(cfg, args())
+    monkeypatch.delenv("SENTISTREAM_TOKEN")
+    with pytest.raises(UserError, match="server.token is empty"):
+        _server_config(load_config(TINY_CONFIG, ["server.token="]), args())
+
+
+async def test_serve_cli_refuses_empty_token_before_loading_models(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0", "--token", ""],
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == ["error: --token is empty: give a token (or drop it to serve without one)"]

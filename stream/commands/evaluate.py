@@ -19,6 +19,7 @@ from models.training.feature_cache import load_features
 from models.training.metrics import score_model
 
 from ..config import AppConfig, load_config
+from .outputs import check_distinct, check_output
 
 
 def _ablation_root(ckpt: Path) -> Path:
@@ -41,6 +42,10 @@ def format_table(report: dict[str, Any], n_test: int) -> str:
 
 def main(cfg: AppConfig, args: Any) -> int:
     ckpt = Path(args.checkpoint)
+    if args.json:
+        check_output(args.json, "--json")
+        check_distinct({"--data": args.data, "--checkpoint": args.checkpoint, "--config": getattr(args, "config", None)},
+                       {"--json": args.json})
     read_meta(ckpt)  # a clear error for a directory that is not a checkpoint, before anything else
     if not (ckpt / CONFIG_FILE).is_file():
         raise UserError(f"checkpoint {ckpt} has no {CONFIG_FILE}: it cannot be rebuilt (re-run sentistream train)")
@@ -58,7 +63,9 @@ def main(cfg: AppConfig, args: Any) -> int:
     print(format_table(report, len(features.indices("test"))))
     if args.json:
         out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            out.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write the metrics to {out}: {exc.strerror}") from None
         print(f"metrics written to {out}", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from models.errors import UserError
 
 from ..config import AppConfig
 from ..profile import format_table, plot_histograms, run_profile
+from .outputs import check_distinct, check_output, local_source
 
 
 def _summary_line(report: dict[str, Any]) -> str:
@@ -21,6 +22,12 @@ def _summary_line(report: dict[str, Any]) -> str:
 
 
 def main(cfg: AppConfig, args: argparse.Namespace) -> int:
+    if args.json:
+        check_output(args.json, "--json")
+    if args.plot:
+        check_output(args.plot, "--plot", suffixes=(".png",))
+    check_distinct({"--source": local_source(args.source), "--config": getattr(args, "config", None)},
+                   {"--json": args.json, "--plot": args.plot})
     result = asyncio.run(run_profile(cfg, args.source, streams=args.streams, realtime=args.realtime,
                                      duration=args.duration))
     report = result.report

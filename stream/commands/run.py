@@ -11,9 +11,11 @@ from models.errors import UserError
 from ..config import AppConfig
 from ..events import FanoutSink, JsonlSink, input_warnings, make_event
 from ..overlay import LiveOverlay, display_available, render_overlay_file
+from ..overlay.writer import OVERLAY_EXTENSIONS
 from ..runtime import Runtime, build_runtime
 from ..session import StreamSession
 from ..sources import SourceInfo, demo_path, open_source, pump
+from .outputs import check_distinct, check_output, local_source
 
 
 class Progress:
@@ -44,9 +46,24 @@ def _warn(sink: FanoutSink, stream: str, message: str) -> None:
     sink.emit(make_event("warning", stream, 0.0, message=message))
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Output paths are checked before the source opens and any model loads; none may be the source."""
+    output = args.output if args.output not in (None, "-") else None
+    if output is not None:
+        check_output(output, "--output")
+    if args.overlay:
+        check_output(args.overlay, "--overlay", suffixes=OVERLAY_EXTENSIONS)
+    check_distinct({"--source": local_source(args.source), "--config": getattr(args, "config", None)},
+                   {"--output": output, "--overlay": args.overlay})
+
+
 async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
+    check_outputs(args)
     source = open_source(args.source, realtime=args.realtime)
     info = source.open()  # bad input fails here, before any model is loaded
+    if args.overlay and not info.has_video:
+        source.close()
+        raise UserError(f"--overlay needs a video track: {info.description} has none (drop --overlay)")
     show = bool(getattr(args, "show", False))
     if show and not info.live:
         print("warning: --show needs a live source; for files add --realtime (continuing without a window)", file=sys.stderr)
@@ -66,6 +83,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     if live_overlay is not None:
         sink.listeners.append(live_overlay.on_event)
     status = 0
+    keep_overlay = False  # a live recording is kept when the run ends or is stopped, dropped when it fails
     try:
         runtime = await build_runtime(cfg, need_asr=info.has_audio)
         for message in input_warnings(info.description, weights=runtime.engine.weights, has_video=info.has_video,
@@ -82,11 +100,15 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
             status = 2
         summary = await runner
         sink.emit(summary)
+        keep_overlay = True
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C is how a camera run ends
+        keep_overlay = runtime is not None
+        raise
     finally:
         progress.close()
         source.close()
         if live_overlay is not None:
-            live_overlay.close()
+            live_overlay.close(keep=keep_overlay)
         if runtime is not None:
             await runtime.close()
         sink.close()

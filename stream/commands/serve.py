@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
+import re
 import signal
 import socket
 import sys
@@ -19,9 +21,42 @@ from ..events import RANDOM_WEIGHTS_WARNING
 from ..runtime import build_runtime
 from ..server import create_app
 
+TOKEN_ENV = "SENTISTREAM_TOKEN"
+_TOKEN_RE = re.compile(r"[!-~]+")  # visible ASCII, no spaces: what an Authorization header carries as is
+
+
+def _check_token(token: str, where: str) -> str:
+    if not token:
+        raise UserError(f"{where} is empty: give a token (or drop it to serve without one)")
+    if not _TOKEN_RE.fullmatch(token):
+        raise UserError(f"{where} must be visible ASCII characters without spaces")
+    return token
+
+
+def _token(cfg: AppConfig, args: argparse.Namespace) -> Optional[str]:
+    """The token from --token, else --token-file, else $SENTISTREAM_TOKEN, else server.token; checked."""
+    if getattr(args, "token", None) is not None:
+        return _check_token(args.token, "--token")
+    path = getattr(args, "token_file", None)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                first = fh.readline()
+        except OSError as exc:
+            raise UserError(f"cannot read --token-file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--token-file {path} is not text (UTF-8)") from None
+        return _check_token(first.strip(), f"--token-file {path}")
+    if TOKEN_ENV in os.environ:
+        return _check_token(os.environ[TOKEN_ENV].strip(), TOKEN_ENV)
+    if cfg.server.token is not None:
+        return _check_token(cfg.server.token, "server.token")
+    return None
+
 
 def _server_config(cfg: AppConfig, args: argparse.Namespace) -> ServerConfig:
-    update = {k: getattr(args, k, None) for k in ("host", "port", "max_clients", "token")}
+    update = {k: getattr(args, k, None) for k in ("host", "port", "max_clients")}
+    update["token"] = _token(cfg, args)
     data = {**cfg.server.model_dump(), **{k: v for k, v in update.items() if v is not None}}
     try:
         return ServerConfig.model_validate(data)

@@ -9,9 +9,12 @@ from models.training.feature_cache import load_features
 from models.training.loop import train_fusion
 
 from ..config import AppConfig
+from .outputs import check_distinct, check_output
 
 
 def main(cfg: AppConfig, args: Any) -> int:
+    check_output(args.out, "--out", directory=True)  # before features are extracted, not after
+    check_distinct({"--data": args.data, "--config": getattr(args, "config", None)}, {"--out": args.out})
     dataset = load_dataset(args.data, cfg.train.seed, require=("train", "valid"))
     counts = dataset.counts()
     print(f"data: {dataset.path} ({dataset.layout}) " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()), file=sys.stderr)

@@ -45,9 +45,13 @@ class LiveOverlay:
             cv2.imshow("sentistream", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             cv2.waitKey(1)
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Finish the recording and move it into place, or (`keep=False`: the run failed) drop it."""
         if self.writer is not None:
-            self.writer.close()
+            if keep:
+                self.writer.close()
+            else:
+                self.writer.abort()
 
 
 def display_available() -> tuple[bool, str]:

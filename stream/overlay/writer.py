@@ -2,7 +2,10 @@
 native rate (so the result plays smoothly whatever frame rate the analysis sampled at)."""
 from __future__ import annotations
 
+import os
+import secrets
 from fractions import Fraction
+from pathlib import Path
 from typing import Iterable, Optional
 
 import av
@@ -14,6 +17,9 @@ from models.media import DamagedPackets, decode_packets, media_t0
 
 from ..sources.files import URL_RE, URL_TIMEOUT, check_local_file, describe_open_error
 from .draw import OverlayTracker, draw_overlay
+
+# Containers that take the writer's H.264 (or MPEG-4) video and AAC audio; not .webm (VP8/VP9 + Opus only).
+OVERLAY_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv")
 
 
 def _video_codec() -> str:
@@ -31,6 +37,10 @@ class OverlayWriter:
 
     Odd frame sizes are cropped by one pixel (yuv420p needs even dimensions). Timestamps come from
     media time `t`, so variable frame rates and gaps are kept as they were.
+
+    The video is written to a hidden temporary file beside `path` and moved into place by `close()`
+    only when it is complete; `abort()` (or leaving a `with` block on an exception) removes it, so a
+    failed run never leaves a half-written file nor clobbers what `path` held before.
     """
 
     def __init__(self, path: str, width: int, height: int, fps: float, with_audio: bool,
@@ -39,10 +49,23 @@ class OverlayWriter:
         self.width, self.height = width - width % 2, height - height % 2
         if self.width < 2 or self.height < 2:
             raise UserError(f"cannot write {path}: frame size {width}x{height} is too small")
+        target = Path(self.path)
+        # Beside the target (same file system: os.replace is atomic), same extension (the container
+        # format follows the file name), hidden; av.open creates it with the usual permissions.
+        self.tmp_path = str(target.with_name(f".{target.stem}.{secrets.token_hex(4)}.partial{target.suffix}"))
         try:
-            self._out = av.open(self.path, mode="w")
+            self._out = av.open(self.tmp_path, mode="w")
         except Exception as exc:
+            _remove(self.tmp_path)
             raise UserError(f"cannot write {path}: {one_line(exc)}") from None
+        self._closed = False
+        try:
+            self._add_streams(fps, with_audio, audio_rate)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _add_streams(self, fps: float, with_audio: bool, audio_rate: int) -> None:
         self._tb = Fraction(1, 1000)  # ms timestamps: any fps, variable rate
         rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(30)
         self._v = self._out.add_stream(_video_codec(), rate=rate)
@@ -62,7 +85,6 @@ class OverlayWriter:
             self._resampler: Optional[av.AudioResampler] = None
             self._resampler_rate: Optional[int] = None
             self._audio_pos = 0  # samples written so far at audio_rate
-        self._closed = False
 
     def write_video(self, image_rgb: np.ndarray, t: float) -> None:
         img = np.ascontiguousarray(image_rgb[: self.height, : self.width], dtype=np.uint8)
@@ -104,6 +126,7 @@ class OverlayWriter:
         self._out.mux(self._a.encode(frame))
 
     def close(self) -> None:
+        """Flush the encoders, finish the file and move it into place."""
         if self._closed:
             return
         self._closed = True
@@ -111,14 +134,41 @@ class OverlayWriter:
             self._out.mux(self._v.encode(None))
             if self._a is not None:
                 self._out.mux(self._a.encode(None))
-        finally:
             self._out.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written: `path` is left as it was before."""
+        if self._closed:
+            return
+        self._closed = True
+        self._discard()
+
+    def _discard(self) -> None:
+        try:
+            self._out.close()
+        except Exception:
+            pass
+        _remove(self.tmp_path)
 
     def __enter__(self) -> "OverlayWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str) -> int:
@@ -168,6 +218,8 @@ def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str)
                         data = out.to_ndarray().reshape(-1)
                         writer.write_audio(data, a_pos, a_rate)
                         a_pos += data.size / a_rate
-        finally:
-            writer.close()
+        except BaseException:  # failed or interrupted: the target keeps what it held
+            writer.abort()
+            raise
+        writer.close()
     return writer.frames

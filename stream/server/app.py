@@ -55,12 +55,37 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return _error(500, "internal server error")
 
 
+# The bundled page loads its own script and style sheet only (no inline code, no external assets),
+# talks to its own origin (POST offer) and shows the camera and the returned overlay (MediaStreams).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                "media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; "
+                                "form-action 'none'; frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 def _authorized(request: web.Request, token: Optional[str]) -> bool:
     if not token:
         return True
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+    try:
+        given = value.strip().encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates): not the token
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode("utf-8"))
+
+
+def _unauthorized() -> web.Response:
+    return _error(401, "missing or wrong 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
 
 
 def _parse_offer(body: bytes) -> RTCSessionDescription:
@@ -68,6 +93,8 @@ def _parse_offer(body: bytes) -> RTCSessionDescription:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise OfferError("body must be JSON: {\"sdp\": \"...\", \"type\": \"offer\"}") from None
+    except RecursionError:  # deeply nested arrays/objects
+        raise OfferError("body must be JSON: {\"sdp\": \"...\", \"type\": \"offer\"} (not nested this deep)") from None
     if not isinstance(data, dict):
         raise OfferError("body must be a JSON object: {\"sdp\": \"...\", \"type\": \"offer\"}")
     missing = [k for k in ("sdp", "type") if k not in data]
@@ -88,7 +115,7 @@ async def offer(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     if not _authorized(request, cfg.token):
         OFFERS_REJECTED.labels("unauthorized").inc()
-        return _error(401, "missing or wrong 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
+        return _unauthorized()
     if request.content_length is not None and request.content_length > cfg.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length)
     body = await request.read()  # client_max_size enforces the limit for chunked bodies too
@@ -113,6 +140,9 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness for anyone; the details (connections, weights, uptime) only with the token when one is set."""
+    if not _authorized(request, request.app[CONFIG].server.token):
+        return web.json_response({"status": "ok"})
     manager = request.app[MANAGER]
     return web.json_response({
         "status": "ok",
@@ -125,6 +155,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not _authorized(request, request.app[CONFIG].server.token):
+        return _unauthorized()
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -133,6 +165,7 @@ def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors])
     manager = ConnectionManager(runtime, cfg)
     app[MANAGER], app[CONFIG], app[RUNTIME], app[STARTED] = manager, cfg, runtime, time.monotonic()
+    app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
