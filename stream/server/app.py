@@ -22,6 +22,8 @@ from ..metrics import OFFERS_REJECTED
 from ..runtime import Runtime
 from .connection import OfferError
 from .manager import ConnectionManager
+from .upload import analyze_route
+from .ws import follow_route, ws_route
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,9 @@ def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/analyze", analyze_route(runtime, cfg, manager))  # issue 14: upload, WebSocket, followers
+    app.router.add_get("/ws", ws_route(runtime, cfg, manager))
+    app.router.add_get("/ws/events", follow_route(cfg, manager))
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
 
     async def close_connections(_: web.Application) -> None:
