@@ -48,7 +48,7 @@ class Connection:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.tracker = OverlayTracker()
         self.events = EventChannel()
-        self.followers = Followers(limit=8)  # GET /ws/events?stream=ID
+        self.followers = Followers()  # GET /ws/events?stream=ID
         self.clock = TrackClock()
         self.session: Optional[StreamSession] = None
         self.overlay: Optional[OverlayTrack] = None

@@ -11,10 +11,11 @@ from ..events import encode_event
 from ..metrics import EVENTS_DROPPED
 
 FOLLOWER_QUEUE = 256
+FOLLOWERS_PER_STREAM = 8
 
 
 class Followers:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = FOLLOWERS_PER_STREAM) -> None:
         self.limit = limit
         self.queues: list[asyncio.Queue[Optional[str]]] = []
         self.closed = False

@@ -45,9 +45,9 @@ class UploadTooLarge(Exception):
 class Upload:
     """One running upload in the manager's slots: `close()` (server shutdown) stops its analysis."""
 
-    def __init__(self, followers_limit: int) -> None:
+    def __init__(self) -> None:
         self.id = uuid.uuid4().hex[:8]
-        self.followers = Followers(followers_limit)
+        self.followers = Followers()
         self.task: Optional[asyncio.Task] = None
 
     async def close(self, reason: str = "closed") -> None:
@@ -101,7 +101,7 @@ def analyze_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) 
         if manager.full:
             OFFERS_REJECTED.labels("full").inc()
             return _error(503, f"server full: {server.max_clients} clients connected, try again later", **{"Retry-After": "5"})
-        job = Upload(server.max_clients)
+        job = Upload()
         job.task = asyncio.current_task()
         manager.connections[job.id] = job  # type: ignore[assignment]  (a slot: id + close())
         fd, path = tempfile.mkstemp(prefix="sentistream-upload-", suffix=".media")

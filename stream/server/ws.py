@@ -143,7 +143,7 @@ class WsStream:
         self.rt = runtime
         self.server = cfg.server
         self.manager = manager
-        self.followers = Followers(cfg.server.max_clients)
+        self.followers = Followers()
         self.out: asyncio.Queue[Optional[str]] = asyncio.Queue(maxsize=OUT_QUEUE)
         self.session: Optional[StreamSession] = None
         self.runner: Optional[asyncio.Task] = None
