@@ -1,4 +1,4 @@
-"""`sentistream` command line: run, serve, profile, train, evaluate.
+"""`sentistream` command line: run, serve, profile, train, evaluate, report.
 
 Config is loaded and validated before anything else; user errors print one line and exit 2.
 """
@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "profile": "stream.commands.profile:main",
     "train": "stream.commands.train:main",
     "evaluate": "stream.commands.evaluate:main",
+    "report": "stream.commands.report:main",
 }
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overlay", metavar="OUT.mp4", help="write the video with the estimate drawn on it")
     run.add_argument("--realtime", action="store_true", help="pace files at native rate with live semantics")
     run.add_argument("--show", action="store_true", help="show the overlay in a window (needs a display)")
+    run.add_argument("--report", metavar="OUT.html", help="write a visual HTML report at the end")
     _common(run)
 
     serve = sub.add_parser("serve", help="WebRTC server with a browser page for video-call overlays")
@@ -78,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ablations", action="store_true", help="also train and score each ablation with the same recipe")
     ev.add_argument("--json", metavar="OUT", help="write metrics as JSON")
     _common(ev)
+    rep = sub.add_parser("report", help="a self-contained HTML report (timeline, transcript, latency) of an events file")
+    rep.add_argument("events", metavar="EVENTS.jsonl")
+    rep.add_argument("--out", metavar="OUT.html", help="default: EVENTS.html next to the events file")
+    rep.add_argument("--png", metavar="OUT.png", help="also write the timeline as a PNG")
+    _common(rep)
     return parser
 
 

@@ -71,6 +71,10 @@ class ServerConfig(Section):
     token: Optional[str] = None
     max_body_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
     connect_timeout_s: float = Field(30.0, gt=0, le=300)  # an answered offer that never connects frees its slot
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # POST /analyze body (413 beyond)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one WebSocket message (a JPEG frame, an audio chunk)
+    max_frame_rate: float = Field(30.0, gt=0, le=240)  # WebSocket video frames/s per stream; excess dropped, counted
+    audio_lead_s: float = Field(2.0, ge=0.1, le=60)  # WebSocket audio more than this ahead of real time is refused
 
 
 class AppConfig(ModelConfig):

@@ -105,3 +105,135 @@ class FanoutSink:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+class Event:
+    """One event as a typed object (the Python API's view of a JSONL line).
+
+    The underlying dict is the event exactly as `run` writes it: `to_dict()` returns a copy of it
+    and `to_json()` its JSONL line, byte for byte. Subclasses add typed read-only accessors."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]):
+        self._data = data
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> "Event":
+        return EVENT_CLASSES.get(str(data.get("type")), Event)(data)
+
+    @property
+    def type(self) -> str:
+        return self._data["type"]
+
+    @property
+    def stream(self) -> str:
+        return self._data["stream"]
+
+    @property
+    def t(self) -> float:
+        return self._data["t"]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(encode_event(self._data))  # a deep copy, JSON types only
+
+    def to_json(self) -> str:
+        return encode_event(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and other._data == self._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_json()})"
+
+
+class SentimentEvent(Event):
+    __slots__ = ()
+
+    @property
+    def label(self) -> str:
+        return self._data["label"]
+
+    @property
+    def score(self) -> float:
+        return self._data["score"]
+
+    @property
+    def probs(self) -> dict[str, float]:
+        return dict(self._data["probs"])
+
+    @property
+    def modalities(self) -> dict[str, Any]:
+        return self._data["modalities"]
+
+    @property
+    def weights(self) -> str:
+        return self._data["weights"]
+
+    @property
+    def latency_ms(self) -> float:
+        return self._data["latency_ms"]
+
+
+class TranscriptEvent(Event):
+    __slots__ = ()
+
+    @property
+    def text(self) -> str:
+        return self._data["text"]
+
+    @property
+    def final(self) -> bool:
+        return bool(self._data["final"])
+
+    @property
+    def t_start(self) -> float:
+        return self._data["t_start"]
+
+    @property
+    def t_end(self) -> float:
+        return self._data["t_end"]
+
+
+class MessageEvent(Event):
+    """`warning` and `error` events."""
+
+    __slots__ = ()
+
+    @property
+    def message(self) -> str:
+        return self._data["message"]
+
+
+class SummaryEvent(Event):
+    __slots__ = ()
+
+    @property
+    def estimates(self) -> int:
+        return self._data["estimates"]
+
+    @property
+    def transcripts(self) -> int:
+        return self._data["transcripts"]
+
+    @property
+    def media_seconds(self) -> float:
+        return self._data["media_seconds"]
+
+    @property
+    def latency(self) -> dict[str, Any]:
+        return self._data["latency"]
+
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    "sentiment": SentimentEvent, "transcript": TranscriptEvent, "summary": SummaryEvent,
+    "warning": MessageEvent, "error": MessageEvent,
+}

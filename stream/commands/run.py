@@ -12,6 +12,7 @@ from ..config import AppConfig
 from ..events import FanoutSink, JsonlSink, input_warnings, make_event
 from ..overlay import LiveOverlay, display_available, render_overlay_file
 from ..overlay.writer import OVERLAY_EXTENSIONS
+from ..report import load_events, write_report
 from ..runtime import Runtime, build_runtime
 from ..session import StreamSession
 from ..sources import SourceInfo, demo_path, open_source, pump
@@ -78,7 +79,10 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     runtime: Optional[Runtime] = None
     progress = Progress(info)
     live_overlay = LiveOverlay(args.overlay, info, show) if (info.live and (args.overlay or show)) else None
-    sink.keep = bool(args.overlay) and not info.live
+    report = getattr(args, "report", None)
+    to_file = bool(args.output) and args.output != "-"
+    # The report re-reads the events file; only events going to stdout are kept in memory for it.
+    sink.keep = (bool(args.overlay) and not info.live) or (bool(report) and not to_file)
     sink.listeners.append(progress.on_event)
     if live_overlay is not None:
         sink.listeners.append(live_overlay.on_event)
@@ -116,6 +120,10 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         path = str(demo_path()) if args.source.strip() == "demo" else args.source
         await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
+    if report:
+        events = load_events(args.output) if to_file else sink.events
+        await asyncio.to_thread(write_report, events, report, None, f"sentistream report: {args.source}")
+        print(f"report written to {report}", file=sys.stderr)
     return status
 
 

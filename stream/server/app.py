@@ -6,12 +6,11 @@ token-protected and capped at `max_clients` concurrent connections.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
@@ -20,8 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ..config import AppConfig
 from ..metrics import OFFERS_REJECTED
 from ..runtime import Runtime
+from .auth import authorized
 from .connection import OfferError
 from .manager import ConnectionManager
+from .upload import analyze_route
+from .ws import follow_route, ws_route
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +74,6 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-def _authorized(request: web.Request, token: Optional[str]) -> bool:
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    try:
-        given = value.strip().encode("utf-8")
-    except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates): not the token
-        return False
-    return scheme.lower() == "bearer" and hmac.compare_digest(given, token.encode("utf-8"))
-
-
 def _unauthorized() -> web.Response:
     return _error(401, "missing or wrong 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
 
@@ -113,7 +103,7 @@ def _parse_offer(body: bytes) -> RTCSessionDescription:
 async def offer(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG].server
     manager = request.app[MANAGER]
-    if not _authorized(request, cfg.token):
+    if not authorized(request, cfg.token):
         OFFERS_REJECTED.labels("unauthorized").inc()
         return _unauthorized()
     if request.content_length is not None and request.content_length > cfg.max_body_bytes:
@@ -141,7 +131,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness for anyone; the details (connections, weights, uptime) only with the token when one is set."""
-    if not _authorized(request, request.app[CONFIG].server.token):
+    if not authorized(request, request.app[CONFIG].server.token):
         return web.json_response({"status": "ok"})
     manager = request.app[MANAGER]
     return web.json_response({
@@ -155,7 +145,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    if not _authorized(request, request.app[CONFIG].server.token):
+    if not authorized(request, request.app[CONFIG].server.token):
         return _unauthorized()
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -170,6 +160,9 @@ def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     app.router.add_post("/offer", offer)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/analyze", analyze_route(runtime, cfg, manager))  # issue 14: upload, WebSocket, followers
+    app.router.add_get("/ws", ws_route(runtime, cfg, manager))
+    app.router.add_get("/ws/events", follow_route(cfg, manager))
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
 
     async def close_connections(_: web.Application) -> None:

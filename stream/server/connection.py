@@ -25,6 +25,7 @@ from ..runtime import Runtime
 from ..session import StreamSession
 from ..sources.webrtc import TrackClock, audio_chunks, discard, video_frames
 from .channel import EventChannel
+from .followers import Followers
 from .overlay_track import OverlayTrack
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Connection:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.tracker = OverlayTracker()
         self.events = EventChannel()
+        self.followers = Followers()  # GET /ws/events?stream=ID
         self.clock = TrackClock()
         self.session: Optional[StreamSession] = None
         self.overlay: Optional[OverlayTrack] = None
@@ -135,6 +137,7 @@ class Connection:
         elif kind == "transcript":
             TRANSCRIPTS.inc()
         self.events.send(event)
+        self.followers.publish(event)
 
     # ------------------------------------------------------------------ media in
     async def _consume_video(self, track: MediaStreamTrack) -> None:
@@ -199,5 +202,6 @@ class Connection:
             self.tracks.clear()
             self.extra_tracks.clear()
             self.events.detach()
+            self.followers.close()
             self._on_closed(self)
             self.closed.set()
