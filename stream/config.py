@@ -70,7 +70,18 @@ class ServerConfig(Section):
     max_clients: int = Field(8, ge=1, le=4096)
     token: Optional[str] = None
     max_body_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
-    connect_timeout_s: float = Field(30.0, gt=0, le=300)  # an answered offer that never connects frees its slot
+    # An answered offer whose peer never connects frees its slot after this long (replayed offers).
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    # A connected peer whose media and data channel both stay silent this long is closed (killed browser).
+    media_timeout_s: float = Field(5.0, gt=0, le=300)
+    max_clients_per_address: int = Field(4, ge=1, le=4096)  # pending + live connections from one IP
+    # Host header values served besides localhost names and the bound address (DNS rebinding guard).
+    allowed_hosts: list[str] = []
+    # Origins (scheme://host[:port]) other than the page's own that may POST an offer or open a stream.
+    allowed_origins: list[str] = []
+    # Client video larger than this is scaled down (aspect kept) before analysis and overlay drawing.
+    max_video_width: int = Field(1280, ge=16, le=7680)
+    max_video_height: int = Field(720, ge=16, le=4320)
 
 
 class AppConfig(ModelConfig):

@@ -1,4 +1,5 @@
-"""All connections of one server: the slot count, the shared media thread pool, shutdown."""
+"""All connections of one server: the slot counts (pending and live, per client address), the
+shared media thread pool, shutdown."""
 from __future__ import annotations
 
 import asyncio
@@ -27,25 +28,44 @@ class ConnectionManager:
     def full(self) -> bool:
         return len(self.connections) >= self.cfg.server.max_clients
 
-    async def open(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Registers the connection before the first await, so the slot check cannot race."""
-        conn = Connection(self.runtime, self.pool, self.ice_servers, self.forget, self.cfg.server.connect_timeout_s)
+    def from_address(self, address: str) -> int:
+        """Connections (pending or live) opened by this client address."""
+        return sum(1 for c in self.connections.values() if c.address == address)
+
+    @property
+    def live(self) -> int:
+        return sum(1 for c in self.connections.values() if c.live)
+
+    @property
+    def pending(self) -> int:
+        """Answered offers whose peer has not connected (yet): they hold a slot until connect_timeout_s."""
+        return len(self.connections) - self.live
+
+    async def open(self, offer: RTCSessionDescription, address: str = "") -> RTCSessionDescription:
+        """Registers the connection before the first await, so the slot checks cannot race."""
+        conn = Connection(self.runtime, self.pool, self.ice_servers, self.cfg.server,
+                          on_live=self._publish, on_closed=self.forget, address=address)
         self.connections[conn.id] = conn
-        CONNECTIONS.set(len(self.connections))
+        self._publish()
         try:
             answer = await conn.start(offer)
         except BaseException:
-            await conn.close("offer failed")
+            await conn.close("offer_failed")
             raise
         CONNECTIONS_TOTAL.inc()
         return answer
 
     def forget(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
-        CONNECTIONS.set(len(self.connections))
+        self._publish()
+
+    def _publish(self, _: object = None) -> None:
+        live = self.live
+        CONNECTIONS.labels("live").set(live)
+        CONNECTIONS.labels("pending").set(len(self.connections) - live)
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(c.close("server shutdown") for c in list(self.connections.values())), return_exceptions=True)
+        await asyncio.gather(*(c.close("shutdown") for c in list(self.connections.values())), return_exceptions=True)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
