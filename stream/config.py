@@ -6,10 +6,11 @@ Every command loads and validates its config before doing anything else; any pro
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from models.config import (  # noqa: F401  (re-exported: the app's config is the model's plus its own)
     FusionConfig,
@@ -64,6 +65,10 @@ class PipelineConfig(Section):
     stream_name: str = "0"
 
 
+_ORIGIN_RE = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^\s/:?#\[\]@]+)(:\d{1,5})?/?")
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|[0-9a-fA-F:.]+")
+
+
 class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -82,6 +87,22 @@ class ServerConfig(Section):
     # Client video larger than this is scaled down (aspect kept) before analysis and overlay drawing.
     max_video_width: int = Field(1280, ge=16, le=7680)
     max_video_height: int = Field(720, ge=16, le=4320)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _HOST_RE.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name: write the name only, without scheme or port")
+        return value
 
 
 class AppConfig(ModelConfig):

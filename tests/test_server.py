@@ -530,7 +530,7 @@ async def test_non_utf8_authorization_and_deep_json_are_client_errors(serve):
     body = b'{"sdp": "v=0", "type": "offer"}'
     for path in ("offer", "metrics"):
         method = b"POST" if path == "offer" else b"GET"
-        request = (method + b" /" + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfes3cret\r\n"
+        request = (method + b" /" + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfes3cret\r\n"
                    b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         status, reply = await _raw_request(base, request)
         assert status == 401 and "error" in reply, (path, status, reply)
@@ -692,3 +692,64 @@ async def test_large_client_video_is_scaled_down_before_analysis_and_overlay(ser
     finally:
         await client.close()
     assert client.last_frame.shape == (96, 160, 3)  # 400x240 fitted into 160x120, aspect kept
+
+
+# ------------------------------------------------------------------------------ issue 15: Host and Origin
+async def _status(method: str, url: str, headers: dict, data: Optional[str] = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, headers=headers, data=data) as r:
+            return r.status, await r.json()
+
+
+async def test_foreign_host_header_is_refused_on_every_route(serve):
+    """DNS rebinding: the attacker's name resolves to 127.0.0.1, the request still says its Host."""
+    from urllib.parse import urlparse
+
+    base = await serve()
+    port = urlparse(base).port
+    for host in (f"evil.example:{port}", "evil.example", f"10.1.2.3:{port}", "127.0.0.1.evil.example"):
+        for method, path in (("GET", "healthz"), ("GET", "metrics"), ("GET", ""), ("POST", "offer")):
+            status, reply = await _status(method, base + path, {"Host": host})
+            assert status == 403 and "allowed_hosts" in reply["error"], (host, path, status, reply)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost", f"LOCALHOST.:{port}"):
+        status, _ = await _status("GET", base + "healthz", {"Host": host})
+        assert status == 200, host
+    base = await serve(allowed_hosts="[sentistream.lan]")
+    assert (await _status("GET", base + "healthz", {"Host": "sentistream.lan:8080"}))[0] == 200
+    assert (await _status("GET", base + "healthz", {"Host": "other.lan:8080"}))[0] == 403
+
+
+async def test_host_rules_for_the_bound_address():
+    from stream.config import ServerConfig
+    from stream.server.guards import host_allowed
+
+    wildcard, lan = ServerConfig(host="0.0.0.0"), ServerConfig(host="192.168.1.5")
+    assert host_allowed("192.168.1.5:8080", wildcard) and host_allowed("[fe80::1]:8080", ServerConfig(host="::"))
+    assert not host_allowed("evil.example:8080", wildcard)  # rebinding needs a name: names stay refused
+    assert host_allowed("192.168.1.5:8080", lan) and not host_allowed("192.168.1.6:8080", lan)
+    assert host_allowed(None, lan)  # no Host at all: not a browser
+    assert not host_allowed("bad host:x", lan)
+
+
+async def test_offer_from_a_foreign_origin_is_refused(serve):
+    base = await serve()
+    own = base.rstrip("/")
+    garbage = json.dumps({"sdp": "garbage", "type": "offer"})
+    for origin in ("https://evil.example", "null", own.replace("127.0.0.1", "localhost"), "http://127.0.0.1:1"):
+        status, reply = await _status("POST", base + "offer", {"Origin": origin}, garbage)
+        assert status == 403 and "allowed_origins" in reply["error"], (origin, status, reply)
+    for headers in ({"Origin": own}, {}):  # the page's own origin, or no browser at all: on to the SDP check
+        status, reply = await _status("POST", base + "offer", headers, garbage)
+        assert status == 400 and "SDP" in reply["error"], (headers, reply)
+    # Reading the page from elsewhere is fine (GET); opening a WebSocket on any route is not.
+    assert (await _status("GET", base + "healthz", {"Origin": "https://evil.example"}))[0] == 200
+    upgrade = {"Origin": "https://evil.example", "Upgrade": "websocket", "Connection": "Upgrade"}
+    assert (await _status("GET", base + "healthz", upgrade))[0] == 403
+    base = await serve(allowed_origins="[https://app.example]")
+    status, reply = await _status("POST", base + "offer", {"Origin": "https://app.example:443"}, garbage)
+    assert status == 400, reply
+    client = Client([FlatVideo()])  # a real peer with the page's own Origin gets in
+    try:
+        assert (await client.connect(base, {"Origin": base.rstrip("/")}))[0] == 200
+    finally:
+        await client.close()

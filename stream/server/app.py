@@ -21,6 +21,7 @@ from ..config import AppConfig
 from ..metrics import OFFERS_REJECTED
 from ..runtime import Runtime
 from .connection import OfferError
+from .guards import guard_middleware
 from .manager import ConnectionManager
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     """The aiohttp app; it does not own `runtime` (the caller closes it after the app's cleanup)."""
-    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors])
+    # json_errors outermost: whatever the guard or a handler raises becomes a JSON error.
+    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors, guard_middleware(cfg.server)])
     manager = ConnectionManager(runtime, cfg)
     app[MANAGER], app[CONFIG], app[RUNTIME], app[STARTED] = manager, cfg, runtime, time.monotonic()
     app.on_response_prepare.append(_security_headers)
