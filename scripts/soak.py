@@ -31,7 +31,7 @@ TINY = ROOT / "configs" / "tiny-test.yaml"
 
 
 # ------------------------------------------------------------------------------------------ client side
-async def _client(base: str, cycles: int, seconds: float) -> None:
+async def _client(base: str, cycles: int, seconds: float, every: int) -> None:
     import aiohttp
     import av
     import numpy as np
@@ -82,6 +82,8 @@ async def _client(base: str, cycles: int, seconds: float) -> None:
             r_.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
         print(f"cycle {i + 1}", flush=True)
+        if (i + 1) % every == 0:  # wait while the server samples: each sample is at its cycle
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
 # ------------------------------------------------------------------------------------------ server side
@@ -144,9 +146,9 @@ async def _serve_and_watch(args: argparse.Namespace) -> dict:
     print(json.dumps(row), file=sys.stderr, flush=True)
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "scripts.soak", "--client", base, "--cycles", str(args.cycles), "--seconds", str(args.seconds),
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+        "--every", str(args.every), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE, cwd=ROOT)
     started = time.monotonic()
-    assert child.stdout is not None
+    assert child.stdout is not None and child.stdin is not None
     done = 0
     try:
         while True:
@@ -161,6 +163,8 @@ async def _serve_and_watch(args: argparse.Namespace) -> dict:
                 row["elapsed_s"] = round(time.monotonic() - started, 1)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+                child.stdin.write(b"go\n")
+                await child.stdin.drain()
     finally:
         rc = await child.wait()
         await server.close()
@@ -228,7 +232,7 @@ def main() -> int:
     if args.cycles < 1 or args.cycles > 100_000 or args.every < 1:
         ap.error("--cycles must be 1..100000 and --every >= 1")
     if args.client:
-        asyncio.run(_client(args.client, args.cycles, args.seconds))
+        asyncio.run(_client(args.client, args.cycles, args.seconds, args.every))
         return 0
     report = asyncio.run(_serve_and_watch(args))
     report["growth"] = _growth(report, args.growth_from if args.growth_from is not None else 2 * args.every)
