@@ -52,7 +52,32 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint metadata {meta_path} is not valid JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"checkpoint {d} has unknown format {meta.get('format') if isinstance(meta, dict) else None!r} (expected {FORMAT})")
+    _check_meta_types(meta, meta_path)
     return meta
+
+
+# What load_checkpoint reads from meta.json, with the JSON type each field must have.
+_META_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "backbone": {"model": (str,), "pretrained": (str,), "embed_dim": (int,)},
+    "fusion": {"layers": (int,), "heads": (int,), "ffn_mult": (int,), "time_embedding": (bool,),
+               "modalities": (str,), "uncertainty": (bool,)},
+}
+_JSON_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _check_meta_types(meta: dict[str, Any], path: Path) -> None:
+    """A field of the wrong JSON type is a one-line UserError naming it (not an AttributeError later)."""
+    for section, fields in _META_TYPES.items():
+        value = meta.get(section)
+        if not isinstance(value, dict):
+            raise UserError(f"{path}: '{section}' must be {_JSON_NAMES[dict]} (got {type(value).__name__}); "
+                            "the checkpoint metadata is damaged")
+        for key, types in fields.items():
+            got = value.get(key)
+            # bool is an int in Python but not in JSON: an integer field refuses true/false.
+            if not isinstance(got, types) or (bool not in types and isinstance(got, bool)):
+                raise UserError(f"{path}: '{section}.{key}' must be {_JSON_NAMES[types[0]]} (got {json.dumps(got)[:40]}); "
+                                "the checkpoint metadata is damaged")
 
 
 def load_checkpoint(ckpt_dir: str | Path, fusion: torch.nn.Module, cfg: ModelConfig, embed_dim: int) -> dict[str, Any]:

@@ -6,10 +6,11 @@ Every command loads and validates its config before doing anything else; any pro
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from models.config import (  # noqa: F401  (re-exported: the app's config is the model's plus its own)
     FusionConfig,
@@ -64,17 +65,48 @@ class PipelineConfig(Section):
     stream_name: str = "0"
 
 
+_ORIGIN_RE = re.compile(r"https?://(\[[0-9a-fA-F:.]+\]|[^\s/:?#\[\]@]+)(:\d{1,5})?/?")
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]+|[0-9a-fA-F:.]+")
+
+
 class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_clients: int = Field(8, ge=1, le=4096)
     token: Optional[str] = None
     max_body_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)
-    connect_timeout_s: float = Field(30.0, gt=0, le=300)  # an answered offer that never connects frees its slot
+    # An answered offer whose peer never connects frees its slot after this long (replayed offers).
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    # A connected peer whose media and data channel both stay silent this long is closed (killed browser).
+    media_timeout_s: float = Field(5.0, gt=0, le=300)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # POST /analyze body (413 beyond)
     max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one WebSocket message (a JPEG frame, an audio chunk)
     max_frame_rate: float = Field(30.0, gt=0, le=240)  # WebSocket video frames/s per stream; excess dropped, counted
     audio_lead_s: float = Field(2.0, ge=0.1, le=60)  # WebSocket audio more than this ahead of real time is refused
+    max_clients_per_address: int = Field(4, ge=1, le=4096)  # pending + live connections from one IP
+    # Host header values served besides localhost names and the bound address (DNS rebinding guard).
+    allowed_hosts: list[str] = []
+    # Origins (scheme://host[:port]) other than the page's own that may POST an offer or open a stream.
+    allowed_origins: list[str] = []
+    # Client video larger than this is scaled down (aspect kept) before analysis and overlay drawing.
+    max_video_width: int = Field(1280, ge=16, le=7680)
+    max_video_height: int = Field(720, ge=16, le=4320)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://app.example.com")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if not _HOST_RE.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name: write the name only, without scheme or port")
+        return value
 
 
 class AppConfig(ModelConfig):

@@ -17,8 +17,13 @@ STAGE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
 )
 
-CONNECTIONS = Gauge("sentistream_connections", "Open WebRTC connections")
+# pending: answered, peer not connected yet; live: connected at least once. Their sum holds slots.
+CONNECTIONS = Gauge("sentistream_connections", "Open WebRTC connections", ["state"])
+for _state in ("pending", "live"):  # both series exist (at 0) before the first connection
+    CONNECTIONS.labels(_state)
 CONNECTIONS_TOTAL = Counter("sentistream_connections_accepted", "WebRTC connections accepted")
+# Why connections ended: bye, media_timeout, connect_timeout, failed, closed, shutdown, offer_failed, analysis_failed.
+CONNECTIONS_CLOSED = Counter("sentistream_connections_closed", "WebRTC connections closed, by reason", ["reason"])
 OFFERS_REJECTED = Counter("sentistream_offers_rejected", "Offers refused", ["reason"])
 FRAMES_IN = Counter("sentistream_frames_in", "Video frames received from clients")
 FRAMES_DROPPED = Counter("sentistream_frames_dropped", "Video frames dropped as stale", ["where"])

@@ -54,7 +54,9 @@ def fake_media(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     _need_chromium()  # before spending seconds on model loading
-    cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0"]
+    # A long media timeout: a slot freed within seconds of leaving the page was freed by its goodbye.
+    cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0",
+           "--set", "server.media_timeout_s=120"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     base, seen = None, []
     deadline = time.monotonic() + 120
@@ -82,6 +84,19 @@ def server() -> Iterator[str]:
 def _health(base: str) -> dict:
     with urllib.request.urlopen(base + "healthz", timeout=5) as r:
         return json.loads(r.read())
+
+
+def _closed_by_bye(base: str) -> float:
+    with urllib.request.urlopen(base + "metrics", timeout=5) as r:
+        m = re.search(r'^sentistream_connections_closed_total\{reason="bye"\} (\S+)$', r.read().decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _until_no_connections(base: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while _health(base)["connections"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _health(base)["connections"] == 0, "the server kept the closed browser connection"
 
 
 @pytest.fixture
@@ -137,8 +152,14 @@ def test_page_connects_and_shows_transcript_and_estimate(server, driver):
     points = driver.execute_script("return points.length")
     assert points >= 1  # the timeline has data
 
+    byes = _closed_by_bye(server)
     driver.find_element(By.ID, "stop").click()
-    deadline = time.monotonic() + 30
-    while _health(server)["connections"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _health(server)["connections"] == 0, "the server kept the closed browser connection"
+    _until_no_connections(server)
+    assert _closed_by_bye(server) == byes + 1  # Stop says goodbye over the data channel
+
+    # A reload (pagehide) says goodbye too: the slot is free at once, not after the media timeout.
+    driver.find_element(By.ID, "start").click()
+    WebDriverWait(driver, 60, poll_frequency=0.5).until(lambda d: text("status") == "connected" and _health(server)["live"] == 1)
+    driver.refresh()
+    _until_no_connections(server)
+    assert _closed_by_bye(server) == byes + 2

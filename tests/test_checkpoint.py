@@ -142,3 +142,22 @@ def test_bad_meta_fails(saved, tiny_cfg, tiny_model):
     (ckpt / META_FILE).write_text(json.dumps({"format": "something-else/9"}))
     with pytest.raises(UserError, match="format"):
         load_checkpoint(ckpt, copy.deepcopy(tiny_model.fusion), tiny_cfg, 64)
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.update(backbone=["ViT"]), "'backbone' must be an object"),
+    (lambda m: m["backbone"].update(embed_dim="64"), "'backbone.embed_dim' must be an integer"),
+    (lambda m: m["backbone"].update(embed_dim=True), "'backbone.embed_dim' must be an integer"),
+    (lambda m: m["backbone"].update(model=5), "'backbone.model' must be a string"),
+    (lambda m: m.update(fusion=None), "'fusion' must be an object"),
+    (lambda m: m["fusion"].update(heads=[2]), "'fusion.heads' must be an integer"),
+    (lambda m: m["fusion"].update(uncertainty="yes"), "'fusion.uncertainty' must be true or false"),
+])
+def test_meta_fields_of_the_wrong_json_type_fail_in_one_line(saved, tiny_cfg, tiny_model, change, field):
+    ckpt, _ = saved
+    meta = json.loads((ckpt / META_FILE).read_text())
+    change(meta)
+    (ckpt / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=f"{META_FILE}: {field}") as err:
+        load_checkpoint(ckpt, copy.deepcopy(tiny_model.fusion), tiny_cfg, 64)
+    assert "\n" not in str(err.value)

@@ -211,3 +211,59 @@ def test_cli_rejects_bad_data_before_training(tmp_path, capsys, repo_root):
     assert code == 2
     assert err.startswith("error: ") and "data.jsonl:2: unknown label 'happy'" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # nothing was trained or written
+
+
+# ------------------------------------------------------------------------------------------ issue 15: hostile files
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims width x height (1-bit grey) with almost no data: PIL sees the size on open."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [10_000, 40_000])  # 100 Mpx: PIL only warns; 1.6 Gpx: PIL raises
+def test_decompression_bomb_image_is_one_line_error(tmp_path, side):
+    from models.training.data import Sample
+    from models.training.feature_cache import read_image
+
+    bomb = _png_header_only(tmp_path / "bomb.png", side, side)
+    sample = Sample("1", "t", "positive", "train", bomb, None, f"{tmp_path / 'data.jsonl'}:4")
+    with pytest.raises(UserError, match=r"data\.jsonl:4: image .*bomb\.png is too large to decode") as err:
+        read_image(sample)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_train_refuses_a_bomb_image_with_exit_2(tmp_path, capsys, repo_root):
+    write_image(tmp_path / "ok.png")
+    _png_header_only(tmp_path / "bomb.png", 40_000, 40_000)
+    rows = [{"id": str(i), "image": "ok.png", "text": "t", "label": "positive", "split": s} for i, s in enumerate(["train", "valid"])]
+    rows.append({"id": "b", "image": "bomb.png", "text": "t", "label": "negative", "split": "train"})
+    path = write_manifest(tmp_path, rows)
+    code = cli.main(["train", "--data", str(path), "--out", str(tmp_path / "ckpt"), "--config", str(repo_root / "configs" / "tiny-test.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len([line for line in err if line.startswith("error:")]) == 1, err
+    assert "data.jsonl:3: image" in err[-1] and "too large to decode" in err[-1] and not any("Traceback" in line for line in err)
+
+
+def test_chsims_label_csv_not_utf8_names_the_line(tmp_path, videos):
+    sims = chsims_dir(tmp_path / "sims", videos, ["video_0001,0001,a,0.8,1,1,1,Positive,train",
+                                                  "video_0001,0002,b,0.8,1,1,1,Positive,train"])
+    label = sims / "label.csv"
+    label.write_bytes(label.read_bytes().replace(b",b,", b",caf\xe9,"))  # Latin-1, as a re-saved CSV may be
+    with pytest.raises(UserError, match=r"label\.csv:3: not UTF-8 text \(byte 0xe9\)"):
+        load_dataset(sims)
+
+
+def test_chsims_field_over_the_csv_limit_names_the_line(tmp_path, videos):
+    import csv
+
+    sims = chsims_dir(tmp_path / "sims", videos, ["video_0001,0001,a,0.8,1,1,1,Positive,train",
+                                                  f"video_0001,0002,\"{'x' * (csv.field_size_limit() + 10)}\",0.8,1,1,1,Positive,train"])
+    with pytest.raises(UserError, match=r"label\.csv:3: unreadable CSV \(field larger than field limit"):
+        load_dataset(sims)

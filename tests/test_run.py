@@ -291,3 +291,10 @@ def test_bad_output_paths_fail_before_any_model_loads(case, media, tmp_path, cap
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert time.perf_counter() - started < 5  # refused up front, not after the analysis
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing written
+
+
+def test_missing_camera_error_is_the_only_stderr_line():
+    """OpenCV's own `[ WARN ]` lines (one per capture backend it tries) are silenced: our one line remains."""
+    res = run_cli("--source", "7", "--config", TINY, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: camera 7 could not be opened"), res.stderr

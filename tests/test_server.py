@@ -87,18 +87,21 @@ class Client:
         self.last_frame: Optional[np.ndarray] = None
         self.first_frame = asyncio.Event()
         self.channel_open = asyncio.Event()
+        self.channel: Any = None
         self._readers: list[asyncio.Task] = []
 
-    async def connect(self, base: str, headers: Optional[dict] = None) -> tuple[int, dict]:
+    async def connect(self, base: str, headers: Optional[dict] = None, local_addr: Optional[str] = None) -> tuple[int, dict]:
+        """POSTs the offer (from `local_addr`, another loopback address, if given) and applies the answer."""
         for track in self.tracks:
             self.pc.addTrack(track)
-        channel = self.pc.createDataChannel("events")
+        channel = self.channel = self.pc.createDataChannel("events")
         channel.on("open", self.channel_open.set)
         channel.on("message", lambda m: self.events.append(json.loads(m)))
         self.pc.on("track", lambda t: self._readers.append(asyncio.ensure_future(self._read(t))))
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with aiohttp.ClientSession() as http:
+        connector = aiohttp.TCPConnector(local_addr=(local_addr, 0)) if local_addr else None
+        async with aiohttp.ClientSession(connector=connector) as http:
             async with http.post(base + "offer", json=offer, headers=headers or {}) as r:
                 body = await r.json()
                 status = r.status
@@ -181,7 +184,8 @@ async def test_page_health_and_metrics(serve):
     assert status == 200
     assert health["status"] == "ok" and health["connections"] == 0 and health["weights"] == "random"
     assert health["uptime_s"] >= 0 and health["max_clients"] == 8
-    for name in ("sentistream_connections ", "sentistream_frames_in_total", "sentistream_estimates_total",
+    for name in ('sentistream_connections{state="live"}', 'sentistream_connections{state="pending"}',
+                 "sentistream_frames_in_total", "sentistream_estimates_total",
                  "# TYPE sentistream_stage_seconds histogram"):
         assert name in metrics, name
 
@@ -486,7 +490,7 @@ async def test_token_guards_metrics_and_health_details(serve):
         status, _, body = await _get(base + "healthz", headers)
         assert status == 200 and json.loads(body) == {"status": "ok"}  # alive, nothing more
     status, _, body = await _get(base + "metrics", auth)
-    assert status == 200 and "sentistream_connections " in body
+    assert status == 200 and "sentistream_connections{" in body
     status, _, body = await _get(base + "healthz", auth)
     assert status == 200 and {"status", "connections", "max_clients", "weights", "asr", "uptime_s"} <= set(json.loads(body))
 
@@ -526,7 +530,7 @@ async def test_non_utf8_authorization_and_deep_json_are_client_errors(serve):
     body = b'{"sdp": "v=0", "type": "offer"}'
     for path in ("offer", "metrics"):
         method = b"POST" if path == "offer" else b"GET"
-        request = (method + b" /" + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfes3cret\r\n"
+        request = (method + b" /" + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfes3cret\r\n"
                    b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         status, reply = await _raw_request(base, request)
         assert status == 401 and "error" in reply, (path, status, reply)
@@ -580,3 +584,172 @@ async def test_serve_cli_refuses_empty_token_before_loading_models(tmp_path):
     res = subprocess.run([sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0", "--token", ""],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == ["error: --token is empty: give a token (or drop it to serve without one)"]
+
+
+# ------------------------------------------------------------------------------ issue 15: slots and dead peers
+def closed_count(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("sentistream_connections_closed_total", {"reason": reason}) or 0.0
+
+
+class StallingVideo(FlatVideo):
+    """Sends frames until `stall` is set, then nothing more while its peer connection stays up (a
+    frozen or killed browser as the server sees it: ICE and DTLS alive or not, no media)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall = asyncio.Event()
+
+    async def recv(self) -> av.VideoFrame:
+        if self.stall.is_set():
+            await asyncio.Event().wait()  # never
+        return await super().recv()
+
+
+async def test_peer_that_stops_sending_is_closed_after_media_timeout(serve):
+    base = await serve(media_timeout_s=2.0)
+    video = StallingVideo()
+    client = Client([video])
+    before = closed_count("media_timeout")
+    try:
+        assert (await client.connect(base))[0] == 200
+        await asyncio.wait_for(client.first_frame.wait(), 20)
+        await asyncio.sleep(6)  # 3x the timeout: a peer that keeps sending stays
+        _, health = await get_json(base + "healthz")
+        assert (health["live"], health["pending"]) == (1, 0), health
+        assert closed_count("media_timeout") == before
+        video.stall.set()
+        await until_no_connections(base, timeout=2.0 + 15)  # timeout + slack for a loaded machine
+    finally:
+        await client.close()
+    assert closed_count("media_timeout") == before + 1
+
+
+async def test_bye_over_the_data_channel_frees_the_slot(serve):
+    base = await serve(media_timeout_s=120, max_clients=1)
+    client = Client([FlatVideo()])
+    before = closed_count("bye")
+    try:
+        assert (await client.connect(base))[0] == 200
+        await asyncio.wait_for(client.channel_open.wait(), 20)
+        client.channel.send(json.dumps({"type": "ping"}))  # ignored, only keeps the peer alive
+        client.channel.send("x" * 5000)  # too long for a control message: ignored
+        await asyncio.sleep(0.5)
+        assert await connections(base) == 1
+        client.channel.send(json.dumps({"type": "bye"}))
+        await until_no_connections(base)  # long before the 120 s media timeout or ICE consent expiry
+    finally:
+        await client.close()
+    assert closed_count("bye") == before + 1
+
+
+async def test_replayed_offer_cannot_fill_the_server(serve):
+    """One captured offer posted again and again: each answer is a pending peer that will never
+    connect; they count against the sender's address, so other clients still get in."""
+    base = await serve(max_clients=8, max_clients_per_address=2, connect_timeout_s=120)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(FlatVideo())
+    await pc.setLocalDescription(await pc.createOffer())
+    captured = json.dumps({"sdp": pc.localDescription.sdp, "type": "offer"})
+    await pc.close()
+    replies = [await post(base + "offer", captured) for _ in range(5)]
+    assert [status for status, _ in replies] == [200, 200, 429, 429, 429], replies
+    assert "too many connections" in replies[-1][1]["error"]
+    _, health = await get_json(base + "healthz")
+    assert (health["connections"], health["pending"], health["live"]) == (2, 2, 0), health
+    other = Client([FlatVideo()])  # another address (127.0.0.2 is loopback too): not affected
+    try:
+        assert (await other.connect(base, local_addr="127.0.0.2"))[0] == 200
+        await asyncio.wait_for(other.first_frame.wait(), 20)
+        _, health = await get_json(base + "healthz")
+        assert (health["connections"], health["pending"], health["live"]) == (3, 2, 1), health
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base + "metrics") as r:
+                metrics = await r.text()
+        assert 'sentistream_connections{state="pending"} 2.0' in metrics
+        assert 'sentistream_connections{state="live"} 1.0' in metrics
+    finally:
+        await other.close()
+
+
+async def test_fit_within_keeps_aspect_and_even_sizes():
+    from stream.sources.webrtc import fit_within
+
+    assert fit_within(640, 480, (1280, 720)) == (640, 480)
+    assert fit_within(1920, 1080, (1280, 720)) == (1280, 720)
+    assert fit_within(3840, 1080, (1280, 720)) == (1280, 360)
+    assert fit_within(1081, 1921, (1280, 720)) == (404, 720)
+    assert fit_within(640, 480, None) == (640, 480)
+
+
+async def test_large_client_video_is_scaled_down_before_analysis_and_overlay(serve):
+    base = await serve(max_video_width=160, max_video_height=120)
+    client = Client([FlatVideo((400, 240))])
+    try:
+        assert (await client.connect(base))[0] == 200
+        await wait_for(lambda: client.frames >= 3 and len(client.of("sentiment")) >= 1, 30, "overlay frames and an estimate")
+    finally:
+        await client.close()
+    assert client.last_frame.shape == (96, 160, 3)  # 400x240 fitted into 160x120, aspect kept
+
+
+# ------------------------------------------------------------------------------ issue 15: Host and Origin
+async def _status(method: str, url: str, headers: dict, data: Optional[str] = None) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, url, headers=headers, data=data) as r:
+            return r.status, await r.json()
+
+
+async def test_foreign_host_header_is_refused_on_every_route(serve):
+    """DNS rebinding: the attacker's name resolves to 127.0.0.1, the request still says its Host."""
+    from urllib.parse import urlparse
+
+    base = await serve()
+    port = urlparse(base).port
+    for host in (f"evil.example:{port}", "evil.example", f"10.1.2.3:{port}", "127.0.0.1.evil.example"):
+        for method, path in (("GET", "healthz"), ("GET", "metrics"), ("GET", ""), ("POST", "offer")):
+            status, reply = await _status(method, base + path, {"Host": host})
+            assert status == 403 and "allowed_hosts" in reply["error"], (host, path, status, reply)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost", f"LOCALHOST.:{port}"):
+        status, _ = await _status("GET", base + "healthz", {"Host": host})
+        assert status == 200, host
+    base = await serve(allowed_hosts="[sentistream.lan]")
+    assert (await _status("GET", base + "healthz", {"Host": "sentistream.lan:8080"}))[0] == 200
+    assert (await _status("GET", base + "healthz", {"Host": "other.lan:8080"}))[0] == 403
+
+
+async def test_host_rules_for_the_bound_address():
+    from stream.config import ServerConfig
+    from stream.server.guards import host_allowed
+
+    wildcard, lan = ServerConfig(host="0.0.0.0"), ServerConfig(host="192.168.1.5")
+    assert host_allowed("192.168.1.5:8080", wildcard) and host_allowed("[fe80::1]:8080", ServerConfig(host="::"))
+    assert not host_allowed("evil.example:8080", wildcard)  # rebinding needs a name: names stay refused
+    assert host_allowed("192.168.1.5:8080", lan) and not host_allowed("192.168.1.6:8080", lan)
+    assert host_allowed(None, lan)  # no Host at all: not a browser
+    assert not host_allowed("bad host:x", lan)
+
+
+async def test_offer_from_a_foreign_origin_is_refused(serve):
+    base = await serve()
+    own = base.rstrip("/")
+    garbage = json.dumps({"sdp": "garbage", "type": "offer"})
+    for origin in ("https://evil.example", "null", own.replace("127.0.0.1", "localhost"), "http://127.0.0.1:1"):
+        status, reply = await _status("POST", base + "offer", {"Origin": origin}, garbage)
+        assert status == 403 and "allowed_origins" in reply["error"], (origin, status, reply)
+    for headers in ({"Origin": own}, {}):  # the page's own origin, or no browser at all: on to the SDP check
+        status, reply = await _status("POST", base + "offer", headers, garbage)
+        assert status == 400 and "SDP" in reply["error"], (headers, reply)
+    # Reading the page from elsewhere is fine (GET); opening a WebSocket on any route is not.
+    assert (await _status("GET", base + "healthz", {"Origin": "https://evil.example"}))[0] == 200
+    upgrade = {"Origin": "https://evil.example", "Upgrade": "websocket", "Connection": "Upgrade"}
+    assert (await _status("GET", base + "healthz", upgrade))[0] == 403
+    base = await serve(allowed_origins="[https://app.example]")
+    status, reply = await _status("POST", base + "offer", {"Origin": "https://app.example:443"}, garbage)
+    assert status == 400, reply
+    client = Client([FlatVideo()])  # a real peer with the page's own Origin gets in
+    try:
+        assert (await client.connect(base, {"Origin": base.rstrip("/")}))[0] == 200
+    finally:
+        await client.close()

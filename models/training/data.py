@@ -13,6 +13,7 @@ feature extraction or training starts.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -273,30 +274,46 @@ def _chsims_video(raw: Path, video_id: str, clip_id: str) -> Optional[Path]:
     return None
 
 
+def _utf8_text(path: Path) -> str:
+    """The file as text; non-UTF-8 bytes are a UserError naming the line they are on."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") from None
+
+
 def load_chsims(root: Path, seed: int) -> Dataset:
     label_file = root / CHSIMS_LABEL_FILE
     raw = root / "Raw"
-    with label_file.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = {"video_id", "clip_id", "text", "label", "mode"}
-        missing = need - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{label_file}:1: CH-SIMS header lacks column(s) {', '.join(sorted(missing))}")
-        samples = []
-        for row in reader:
-            where = f"{label_file}:{reader.line_num}"
-            video_id, clip_id = (row["video_id"] or "").strip(), (row["clip_id"] or "").strip()
-            if not video_id or not clip_id:
-                raise UserError(f"{where}: empty video_id or clip_id")
-            split = (row["mode"] or "").strip().lower()
-            split = {"val": "valid", "dev": "valid"}.get(split, split)
-            if split not in SPLITS:
-                raise UserError(f"{where}: unknown mode {row['mode']!r} (allowed: train, valid, test)")
-            label = _score_label(row["label"], where)
-            video = _chsims_video(raw, video_id, clip_id)
-            if video is None:
-                raise UserError(f"{where}: video not found: {raw / video_id / clip_id}.mp4")
-            samples.append(Sample(f"{video_id}/{clip_id}", (row["text"] or "").strip(), label, split, None, video, where))
+    reader = csv.DictReader(io.StringIO(_utf8_text(label_file), newline=""))
+    try:
+        return _chsims_rows(root, raw, label_file, reader)
+    except csv.Error as exc:  # e.g. "field larger than field limit (131072)", NUL bytes
+        raise UserError(f"{label_file}:{reader.reader.line_num}: unreadable CSV ({exc})") from None
+
+
+def _chsims_rows(root: Path, raw: Path, label_file: Path, reader: "csv.DictReader[str]") -> Dataset:
+    need = {"video_id", "clip_id", "text", "label", "mode"}
+    missing = need - set(reader.fieldnames or [])
+    if missing:
+        raise UserError(f"{label_file}:1: CH-SIMS header lacks column(s) {', '.join(sorted(missing))}")
+    samples = []
+    for row in reader:
+        where = f"{label_file}:{reader.line_num}"
+        video_id, clip_id = (row["video_id"] or "").strip(), (row["clip_id"] or "").strip()
+        if not video_id or not clip_id:
+            raise UserError(f"{where}: empty video_id or clip_id")
+        split = (row["mode"] or "").strip().lower()
+        split = {"val": "valid", "dev": "valid"}.get(split, split)
+        if split not in SPLITS:
+            raise UserError(f"{where}: unknown mode {row['mode']!r} (allowed: train, valid, test)")
+        label = _score_label(row["label"], where)
+        video = _chsims_video(raw, video_id, clip_id)
+        if video is None:
+            raise UserError(f"{where}: video not found: {raw / video_id / clip_id}.mp4")
+        samples.append(Sample(f"{video_id}/{clip_id}", (row["text"] or "").strip(), label, split, None, video, where))
     if not samples:
         raise UserError(f"{label_file}: no samples")
     _check_unique(samples)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -141,8 +142,15 @@ def read_image(sample: Sample) -> np.ndarray:
 
     path = sample.image_path
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
+        # Above Image.MAX_IMAGE_PIXELS PIL only warns (twice that: raises): both refuse the image here,
+        # before gigabytes are decoded from a few compressed kilobytes.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return np.array(im.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{sample.source}: image {path} is too large to decode (over {Image.MAX_IMAGE_PIXELS} "
+                        "pixels: a decompression bomb?); resize it or drop the sample") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"{sample.source}: cannot read image {path} ({one_line(exc, 120)})") from None
 

@@ -21,6 +21,7 @@ from ..metrics import OFFERS_REJECTED
 from ..runtime import Runtime
 from .auth import authorized
 from .connection import OfferError
+from .guards import guard_middleware
 from .manager import ConnectionManager
 from .upload import analyze_route
 from .ws import follow_route, ws_route
@@ -114,11 +115,18 @@ async def offer(request: web.Request) -> web.Response:
     except OfferError as exc:
         OFFERS_REJECTED.labels("bad_offer").inc()
         return _error(400, str(exc))
-    if manager.full:  # checked right before opening: no await in between, so no race
+    # Both checked right before opening (no await in between, so no race); pending peers count too,
+    # so replaying one captured offer cannot hold more than max_clients_per_address slots.
+    if manager.full:
         OFFERS_REJECTED.labels("full").inc()
         return _error(503, f"server full: {cfg.max_clients} clients connected, try again later", **{"Retry-After": "5"})
+    address = request.remote or ""
+    if manager.from_address(address) >= cfg.max_clients_per_address:
+        OFFERS_REJECTED.labels("per_address").inc()
+        return _error(429, f"too many connections from {address or 'your address'} "
+                           f"(limit {cfg.max_clients_per_address}): close one or try again later", **{"Retry-After": "5"})
     try:
-        answer = await manager.open(description)
+        answer = await manager.open(description, address)
     except OfferError as exc:
         OFFERS_REJECTED.labels("bad_offer").inc()
         return _error(400, str(exc))
@@ -136,7 +144,9 @@ async def healthz(request: web.Request) -> web.Response:
     manager = request.app[MANAGER]
     return web.json_response({
         "status": "ok",
-        "connections": len(manager.connections),
+        "connections": len(manager.connections),  # slots in use: pending + live
+        "pending": manager.pending,  # answered offers whose peer has not connected yet
+        "live": manager.live,
         "max_clients": request.app[CONFIG].server.max_clients,
         "weights": request.app[RUNTIME].engine.weights,
         "asr": request.app[RUNTIME].whisper is not None,
@@ -152,7 +162,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     """The aiohttp app; it does not own `runtime` (the caller closes it after the app's cleanup)."""
-    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors])
+    # json_errors outermost: whatever the guard or a handler raises becomes a JSON error.
+    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors, guard_middleware(cfg.server)])
     manager = ConnectionManager(runtime, cfg)
     app[MANAGER], app[CONFIG], app[RUNTIME], app[STARTED] = manager, cfg, runtime, time.monotonic()
     app.on_response_prepare.append(_security_headers)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
+import time
 import uuid
 from typing import Any, Callable, Optional
 
@@ -18,8 +20,9 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from models.errors import one_line
 
+from ..config import ServerConfig
 from ..events import input_warnings, make_event
-from ..metrics import ESTIMATES, FRAMES_DROPPED, TRANSCRIPTS
+from ..metrics import CONNECTIONS_CLOSED, ESTIMATES, FRAMES_DROPPED, TRANSCRIPTS
 from ..overlay import OverlayTracker
 from ..runtime import Runtime
 from ..session import StreamSession
@@ -31,6 +34,7 @@ from .overlay_track import OverlayTrack
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 5.0  # on close, let the session finish its last ASR pass, then cancel it
+MAX_CONTROL_MESSAGE = 1024  # client -> server data channel messages ({"type": "bye"}); longer ones are ignored
 
 
 class OfferError(ValueError):
@@ -39,12 +43,19 @@ class OfferError(ValueError):
 
 class Connection:
     def __init__(self, runtime: Runtime, pool: concurrent.futures.Executor, ice_servers: tuple[RTCIceServer, ...],
-                 on_closed: Callable[["Connection"], None], connect_timeout_s: float) -> None:
+                 limits: ServerConfig, on_live: Callable[["Connection"], None],
+                 on_closed: Callable[["Connection"], None], address: str = "") -> None:
         self.id = uuid.uuid4().hex[:8]
         self.rt = runtime
         self.pool = pool
+        self.address = address  # the client's IP: the per-address cap counts these
+        self._on_live = on_live  # pending -> live (counted)
         self._on_closed = on_closed  # frees the slot
-        self.connect_timeout_s = connect_timeout_s  # an answered offer whose peer never connects gives its slot back
+        # An answered offer whose peer never connects gives its slot back after connect_timeout_s; a
+        # connected one silent (no RTP packet, no data channel message) for media_timeout_s is closed.
+        self.connect_timeout_s = limits.connect_timeout_s
+        self.media_timeout_s = limits.media_timeout_s
+        self.max_video_size = (limits.max_video_width, limits.max_video_height)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.tracker = OverlayTracker()
         self.events = EventChannel()
@@ -58,6 +69,10 @@ class Connection:
         self.runner: Optional[asyncio.Task] = None
         self.closing = False
         self.closed = asyncio.Event()
+        self.live = False  # the peer connected at least once (else: pending)
+        self._connected = asyncio.Event()
+        self._closer: Optional[asyncio.Task] = None  # the close this connection scheduled itself
+        self._messages = 0  # data channel messages received (liveness)
         self._inputs_open = 0
 
     # ------------------------------------------------------------------ signalling
@@ -105,17 +120,64 @@ class Connection:
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label == "events":
             self.events.attach(channel)
+        channel.on("message", self._on_message)
+
+    def _on_message(self, message: Any) -> None:
+        """Any message shows the peer is alive; `{"type": "bye"}` (the page leaving) frees the slot now."""
+        self._messages += 1
+        if not isinstance(message, str) or len(message) > MAX_CONTROL_MESSAGE:
+            return
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError):
+            return
+        if isinstance(data, dict) and data.get("type") == "bye":
+            self.schedule_close("bye")
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
         log.info("connection %s: %s", self.id, state)
+        if state == "connected" and not self.live:
+            self.live = True
+            self._connected.set()
+            self._on_live(self)
         if state in ("failed", "closed"):
-            asyncio.ensure_future(self.close(state))
+            self.schedule_close(state)
+
+    def schedule_close(self, reason: str) -> None:
+        """Close from a callback: the task is kept (not dropped to the garbage collector), once."""
+        if self._closer is None and not self.closing:
+            self._closer = asyncio.create_task(self.close(reason), name=f"conn-{self.id}-close")
+
+    async def _activity(self) -> int:
+        """RTP packets received on every track plus data channel messages: grows while the peer lives.
+
+        Counted at the transport (receiver stats), not where the session consumes frames, so a
+        busy pipeline that reads slowly never makes a live peer look silent."""
+        packets = 0
+        for receiver in self.pc.getReceivers():
+            for stats in (await receiver.getStats()).values():
+                if getattr(stats, "type", None) == "inbound-rtp":
+                    packets += stats.packetsReceived
+        return packets + self._messages
 
     async def _watchdog(self) -> None:
-        await asyncio.sleep(self.connect_timeout_s)
-        if self.pc.connectionState != "connected":
-            await self.close("connect timeout")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.connect_timeout_s)
+        except asyncio.TimeoutError:
+            await self.close("connect_timeout")
+            return
+        step = min(1.0, self.media_timeout_s / 4)
+        seen, last = await self._activity(), time.monotonic()
+        while True:
+            await asyncio.sleep(step)
+            activity, now = await self._activity(), time.monotonic()
+            if activity != seen:
+                seen, last = activity, now
+            elif now - last >= self.media_timeout_s:
+                log.info("connection %s: no media or data for %g s", self.id, self.media_timeout_s)
+                await self.close("media_timeout")
+                return
 
     def _on_session_done(self, task: asyncio.Task) -> None:
         if task.cancelled():
@@ -124,7 +186,7 @@ class Connection:
         if exc is not None:
             log.error("connection %s: analysis failed: %r", self.id, exc, exc_info=exc)
             self.emit(make_event("error", self.id, 0.0, message=f"analysis failed: {exc}"))
-            asyncio.ensure_future(self.close("analysis failed"))
+            self.schedule_close("analysis_failed")
         else:
             self.emit(task.result())  # the summary, if the channel is still there
 
@@ -144,7 +206,7 @@ class Connection:
         assert self.session is not None
         session, dropped_seen = self.session, 0
         try:
-            async for received in video_frames(track, self.clock, self.pool):
+            async for received in video_frames(track, self.clock, self.pool, self.max_video_size):
                 await session.push_video(received.frame)
                 dropped = session.frames_dropped
                 if dropped > dropped_seen:
@@ -170,11 +232,15 @@ class Connection:
 
     # ------------------------------------------------------------------ teardown
     async def close(self, reason: str = "closed") -> None:
-        """Idempotent: stop media tasks, end the session, close the peer connection, free the slot."""
+        """Idempotent: stop media tasks, end the session, close the peer connection, free the slot.
+
+        `reason` is one of a few words (a metric label): bye, media_timeout, connect_timeout, failed,
+        closed, shutdown, offer_failed, analysis_failed."""
         if self.closing:
             await self.closed.wait()
             return
         self.closing = True
+        CONNECTIONS_CLOSED.labels(reason).inc()
         log.info("connection %s: closing (%s)", self.id, reason)
         try:
             current = asyncio.current_task()

@@ -1,9 +1,11 @@
-"""All connections of one server: the slot count, the shared media thread pool, shutdown."""
+"""All connections of one server: the slot counts (pending and live, per client address), the
+shared media thread pool, shutdown."""
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import time
+from typing import Protocol, Union
 
 from aiortc import RTCIceServer, RTCSessionDescription
 
@@ -13,12 +15,24 @@ from ..runtime import Runtime
 from .connection import Connection
 
 
+class Slot(Protocol):
+    """Anything that holds a client slot: a WebRTC Connection, a WebSocket stream, an upload."""
+
+    id: str
+    address: str  # the client's address (per-address cap)
+
+    @property
+    def live(self) -> bool: ...  # media flowing (False: answered offer, not connected yet)
+
+    async def close(self, reason: str = ...) -> None: ...
+
+
 class ConnectionManager:
     def __init__(self, runtime: Runtime, cfg: AppConfig, ice_servers: tuple[RTCIceServer, ...] = ()) -> None:
         self.runtime = runtime
         self.cfg = cfg
         self.ice_servers = ice_servers  # none by default: no internet, host candidates suffice locally
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[str, Union[Connection, Slot]] = {}
         # Colour conversion and overlay drawing for every connection: OpenCV/swscale release the GIL.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sentistream-media")
         self.started = time.time()
@@ -27,25 +41,55 @@ class ConnectionManager:
     def full(self) -> bool:
         return len(self.connections) >= self.cfg.server.max_clients
 
-    async def open(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Registers the connection before the first await, so the slot check cannot race."""
-        conn = Connection(self.runtime, self.pool, self.ice_servers, self.forget, self.cfg.server.connect_timeout_s)
+    def from_address(self, address: str) -> int:
+        """Connections (pending or live) opened by this client address."""
+        return sum(1 for c in self.connections.values() if c.address == address)
+
+    @property
+    def live(self) -> int:
+        return sum(1 for c in self.connections.values() if c.live)
+
+    @property
+    def pending(self) -> int:
+        """Answered offers whose peer has not connected (yet): they hold a slot until connect_timeout_s."""
+        return len(self.connections) - self.live
+
+    async def open(self, offer: RTCSessionDescription, address: str = "") -> RTCSessionDescription:
+        """Registers the connection before the first await, so the slot checks cannot race."""
+        conn = Connection(self.runtime, self.pool, self.ice_servers, self.cfg.server,
+                          on_live=self._publish, on_closed=self.forget, address=address)
         self.connections[conn.id] = conn
-        CONNECTIONS.set(len(self.connections))
+        self._publish()
         try:
             answer = await conn.start(offer)
         except BaseException:
-            await conn.close("offer failed")
+            await conn.close("offer_failed")
             raise
         CONNECTIONS_TOTAL.inc()
         return answer
 
-    def forget(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
-        CONNECTIONS.set(len(self.connections))
+    def take(self, slot: Slot) -> None:
+        """Registers a WebSocket stream or an upload (call before any await: the slot checks cannot race)."""
+        self.connections[slot.id] = slot
+        self._publish()
+
+    def rename(self, slot: Slot, new_id: str) -> None:
+        self.connections.pop(slot.id, None)
+        slot.id = new_id
+        self.connections[new_id] = slot
+
+    def forget(self, conn: Union[Connection, Slot]) -> None:
+        if self.connections.get(conn.id) is conn:
+            del self.connections[conn.id]
+        self._publish()
+
+    def _publish(self, _: object = None) -> None:
+        live = self.live
+        CONNECTIONS.labels("live").set(live)
+        CONNECTIONS.labels("pending").set(len(self.connections) - live)
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(c.close("server shutdown") for c in list(self.connections.values())), return_exceptions=True)
+        await asyncio.gather(*(c.close("shutdown") for c in list(self.connections.values())), return_exceptions=True)
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

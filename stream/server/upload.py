@@ -45,8 +45,11 @@ class UploadTooLarge(Exception):
 class Upload:
     """One running upload in the manager's slots: `close()` (server shutdown) stops its analysis."""
 
-    def __init__(self) -> None:
+    live = True  # media is here already: never a pending slot
+
+    def __init__(self, address: str) -> None:
         self.id = uuid.uuid4().hex[:8]
+        self.address = address
         self.followers = Followers()
         self.task: Optional[asyncio.Task] = None
 
@@ -101,9 +104,14 @@ def analyze_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) 
         if manager.full:
             OFFERS_REJECTED.labels("full").inc()
             return _error(503, f"server full: {server.max_clients} clients connected, try again later", **{"Retry-After": "5"})
-        job = Upload()
+        address = request.remote or ""
+        if manager.from_address(address) >= server.max_clients_per_address:
+            OFFERS_REJECTED.labels("per_address").inc()
+            return _error(429, f"too many connections from {address or 'your address'} "
+                               f"(limit {server.max_clients_per_address}): close one or try again later", **{"Retry-After": "5"})
+        job = Upload(address)
         job.task = asyncio.current_task()
-        manager.connections[job.id] = job  # type: ignore[assignment]  (a slot: id + close())
+        manager.take(job)
         fd, path = tempfile.mkstemp(prefix="sentistream-upload-", suffix=".media")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -129,7 +137,7 @@ def analyze_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) 
             with contextlib.suppress(OSError):
                 os.unlink(path)
             job.followers.close()
-            manager.forget(job)  # type: ignore[arg-type]
+            manager.forget(job)
 
     return analyze
 

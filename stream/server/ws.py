@@ -137,8 +137,12 @@ def _decode_jpeg(data: bytes) -> Optional[np.ndarray]:
 class WsStream:
     """One `/ws` client: its live session, event sender, followers and slot."""
 
-    def __init__(self, ws: web.WebSocketResponse, runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) -> None:
+    live = True  # a WebSocket slot holds an open socket: never a pending slot
+
+    def __init__(self, ws: web.WebSocketResponse, runtime: Runtime, cfg: AppConfig, manager: ConnectionManager,
+                 address: str = "") -> None:
         self.id = uuid.uuid4().hex[:8]
+        self.address = address
         self.ws = ws
         self.rt = runtime
         self.server = cfg.server
@@ -189,9 +193,7 @@ class WsStream:
         if msg.stream is not None:
             if msg.stream in self.manager.connections:
                 raise ProtocolError("stream_in_use", f"stream name {msg.stream!r} is in use; pick another or omit it")
-            self.manager.connections.pop(self.id, None)
-            self.id = msg.stream
-            self.manager.connections[self.id] = self  # type: ignore[assignment]
+            self.manager.rename(self, msg.stream)
         has_video, has_audio = msg.video is not None, msg.audio is not None
         if msg.audio is not None:
             self.audio_rate = msg.audio.rate
@@ -321,8 +323,14 @@ def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
             OFFERS_REJECTED.labels("full").inc()
             await send_error(ws, "server_full", f"server full: {server.max_clients} clients connected, try again later")
             return ws
-        stream = WsStream(ws, runtime, cfg, manager)
-        manager.connections[stream.id] = stream  # type: ignore[assignment]  (takes the slot before any await)
+        address = request.remote or ""
+        if manager.from_address(address) >= server.max_clients_per_address:
+            OFFERS_REJECTED.labels("per_address").inc()
+            await send_error(ws, "server_full", f"too many connections from {address or 'your address'} "
+                                                f"(limit {server.max_clients_per_address})")
+            return ws
+        stream = WsStream(ws, runtime, cfg, manager, address)
+        manager.take(stream)  # takes the slot before any await
         clean_end = False
         try:
             try:
@@ -363,7 +371,7 @@ def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
                 stream.runner.cancel()
                 await asyncio.gather(stream.runner, return_exceptions=True)
             stream.followers.close()
-            manager.forget(stream)  # type: ignore[arg-type]
+            manager.forget(stream)
         return ws
 
     return handler

@@ -11,6 +11,20 @@ from models.errors import UserError
 from .base import MediaItem, MediaSource, SourceInfo, VideoFrame
 
 
+def _quiet_capture(cv2: Any, index: int) -> Any:
+    """cv2.VideoCapture(index) without OpenCV's own `[ WARN ]`/`[ERROR]` lines on stderr when the
+    camera is missing (each backend it tries prints one); our error says what is wrong instead."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    if log is None:
+        return cv2.VideoCapture(index)
+    level = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(index)
+    finally:
+        log.setLogLevel(level)
+
+
 class CameraSource(MediaSource):
     def __init__(self, index: int) -> None:
         super().__init__()
@@ -21,7 +35,7 @@ class CameraSource(MediaSource):
     def _open(self) -> SourceInfo:
         import cv2
 
-        cap = cv2.VideoCapture(self.index)
+        cap = _quiet_capture(cv2, self.index)
         if not cap.isOpened():
             cap.release()
             raise UserError(f"camera {self.index} could not be opened: no such device, or it is busy or not "

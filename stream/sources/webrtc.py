@@ -70,13 +70,26 @@ class ReceivedFrame:
     time_base: Any
 
 
-def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+def fit_within(width: int, height: int, max_size: Optional[tuple[int, int]]) -> tuple[int, int]:
+    """(width, height) scaled down to fit `max_size` (aspect kept, even sizes for YUV); unchanged if it fits."""
+    if max_size is None or (width <= max_size[0] and height <= max_size[1]):
+        return width, height
+    scale = min(max_size[0] / width, max_size[1] / height)
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _to_rgb(frame: av.VideoFrame, max_size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    width, height = fit_within(frame.width, frame.height, max_size)
+    if (width, height) == (frame.width, frame.height):
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()  # one swscale pass
 
 
 async def video_frames(track: MediaStreamTrack, clock: TrackClock,
-                       executor: Optional[concurrent.futures.Executor] = None) -> AsyncIterator[ReceivedFrame]:
-    """Frames of a remote video track until it ends; colour conversion runs on `executor`."""
+                       executor: Optional[concurrent.futures.Executor] = None,
+                       max_size: Optional[tuple[int, int]] = None) -> AsyncIterator[ReceivedFrame]:
+    """Frames of a remote video track until it ends; colour conversion (and scaling down to fit
+    `max_size`, (width, height)) runs on `executor`."""
     loop = asyncio.get_running_loop()
     offset: Optional[float] = None
     try:
@@ -85,7 +98,7 @@ async def video_frames(track: MediaStreamTrack, clock: TrackClock,
             if skipped:
                 FRAMES_DROPPED.labels("decode_backlog").inc(skipped)
             wall = time.perf_counter()
-            rgb = await loop.run_in_executor(executor, _to_rgb, frame)
+            rgb = await loop.run_in_executor(executor, _to_rgb, frame, max_size)
             since = clock.since_start(wall)
             media = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else since
             if offset is None:  # anchor the client's clock to the connection's media clock

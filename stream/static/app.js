@@ -8,6 +8,8 @@ const MAX_POINTS = 2000;      // bounded memory however long the call runs
 const MAX_FINALS = 60;        // transcript segments kept on the page
 
 let pc = null;
+let channel = null;           // the "events" data channel: events in, "ping"/"bye" out
+let pinger = null;
 let stream = null;
 let points = [];              // {t, score, label}
 let finals = [];
@@ -76,10 +78,13 @@ async function start() {
       audio: wantAudio,
     });
     pc = new RTCPeerConnection({ iceServers: [] });
-    const channel = pc.createDataChannel("events");
+    channel = pc.createDataChannel("events");
     channel.onmessage = (e) => {
       try { onEvent(JSON.parse(e.data)); } catch (err) { console.error(err); }
     };
+    // The server closes a peer silent for server.media_timeout_s: media keeps it alive, and so does
+    // this ping while the camera or microphone sends nothing (muted).
+    channel.onopen = () => { pinger = setInterval(() => send({ type: "ping" }), 2000); };
     pc.ontrack = (e) => {
       if (e.track.kind !== "video") return;
       $("video").srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
@@ -115,7 +120,19 @@ async function start() {
   }
 }
 
+function send(message) {
+  if (channel && channel.readyState === "open") {
+    try { channel.send(JSON.stringify(message)); } catch (err) { /* closing: nothing to tell */ }
+  }
+}
+
+// Says goodbye so the server frees this call's slot at once (not after its media timeout).
+function bye() { send({ type: "bye" }); }
+
 function stop(reason) {
+  if (pinger) { clearInterval(pinger); pinger = null; }
+  bye();
+  channel = null;
   if (pc) { pc.close(); pc = null; }
   if (stream) { stream.getTracks().forEach((t) => t.stop()); stream = null; }
   $("video").srcObject = null;
@@ -216,5 +233,6 @@ function drawTimeline() {
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", () => stop());
 window.addEventListener("resize", drawTimeline);
-window.addEventListener("beforeunload", () => { if (pc) pc.close(); });
+// pagehide (not beforeunload): fires on reload, close and navigation, and keeps the back/forward cache.
+window.addEventListener("pagehide", () => stop());
 drawTimeline();
