@@ -153,7 +153,7 @@ async def test_analyze_multipart_and_errors(serve, tmp_path):
             assert r.status == 400
     assert uploads_on_disk() == before
     async with aiohttp.ClientSession() as http:
-        async with http.get(base + "healthz") as r:
+        async with http.get(base + "healthz", headers=auth) as r:  # details need the token
             assert (await r.json())["connections"] == 0
 
 
