@@ -11,6 +11,7 @@ from .backbone import ClipBackbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .fusion import ClipCaMsa
+from .onnx_backend import use_onnx
 from .prompts import LABELS, PROMPTS
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def build_fusion(backbone: ClipBackbone, cfg: ModelConfig) -> ClipCaMsa:
 
 def build_model(cfg: ModelConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
+    if cfg.vision.backend == "onnx" and backbone.backend != "onnx":
+        use_onnx(backbone, cfg.vision)
     fusion = build_fusion(backbone, cfg)
     if cfg.model.checkpoint:
         load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)
