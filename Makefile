@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint apt bench bench-gpu clean
+.PHONY: install install-gpu demo test test-fast lint apt bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -e '.[test]'
 	touch $(STAMP)
+
+# GPU hosts: also the CUDA 12 cuBLAS/NVRTC wheels CTranslate2 loads for Whisper on CUDA (~670 MB download).
+install-gpu: $(VENV)/.installed-gpu
+
+$(VENV)/.installed-gpu: $(STAMP)
+	$(PIP) install -e '.[test,gpu]'
+	touch $@
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -56,7 +63,7 @@ test-fast: install apt
 bench: install apt
 	$(PY) scripts/bench.py --json docs/bench-cpu.json
 
-bench-gpu: install
+bench-gpu: install-gpu
 	$(PY) scripts/bench.py --cuda --json docs/bench-gpu.json
 
 clean:

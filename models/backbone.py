@@ -14,7 +14,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import open_clip
@@ -172,6 +172,12 @@ class ClipBackbone(torch.nn.Module):
         self.embed_dim = int(clip.text_projection.shape[1]) if isinstance(clip.text_projection, torch.Tensor) else int(clip.text_projection.out_features)
         self.sot = int(tokenizer.sot_token_id)
         self.eot = int(tokenizer.eot_token_id)
+        # The two towers' forward passes: torch by default; `vision.backend: onnx` swaps in ONNX
+        # Runtime sessions of the same graphs (models/onnx_backend.py). Preprocessing, tokenising,
+        # masks and the prompt embeddings stay here either way.
+        self.backend = "torch"
+        self.image_tower: Callable[[torch.Tensor], torch.Tensor] = self.clip.encode_image
+        self.text_tower: Callable[[torch.Tensor], torch.Tensor] = self.text_states
         self.to(device)
         if dtype != torch.float32:
             self.clip.to(dtype)
@@ -203,7 +209,7 @@ class ClipBackbone(torch.nn.Module):
             batch = torch.cat([self.preprocess(self._as_batch(f)) for f in frames])
         else:
             batch = self.preprocess(self._as_batch(frames))
-        return self.clip.encode_image(batch).float()
+        return self.image_tower(batch).float()
 
     # ---------- text ----------
     def tokenize(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> torch.Tensor:
@@ -216,16 +222,20 @@ class ClipBackbone(torch.nn.Module):
             rows[i, : len(seq)] = torch.tensor(seq)
         return rows
 
-    @torch.inference_mode()
-    def encode_text_tokens(self, tokens: torch.Tensor) -> TextStates:
+    def text_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The text tower in torch: tokens (B, T) -> projected token states (B, T, d), model dtype."""
         clip = self.clip
-        tokens = tokens.to(self.device)
         cast = clip.transformer.get_cast_dtype()
         x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding.to(cast)
         x = clip.transformer(x, attn_mask=clip.attn_mask)
         x = clip.ln_final(x)
         proj = clip.text_projection
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    @torch.inference_mode()
+    def encode_text_tokens(self, tokens: torch.Tensor) -> TextStates:
+        tokens = tokens.to(self.device)
+        x = self.text_tower(tokens)
         eot_index = (tokens == self.eot).int().argmax(dim=-1)
         positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
         mask = positions <= eot_index.unsqueeze(1)

@@ -30,6 +30,12 @@ class VisionConfig(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     cache_dir: Optional[str] = None
+    # Who runs the two towers: torch, or ONNX Runtime on graphs exported once and cached on disk
+    # (models/onnx_backend.py). torch stays the default until a quiet-machine measurement confirms
+    # the provisional onnx speed-up (docs/benchmarks.md, "CLIP towers").
+    backend: Literal["torch", "onnx"] = "torch"
+    # onnx only: auto = TensorRT, then CUDA, on a GPU (where onnxruntime has them), else the CPU.
+    onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
 
 
 class FusionConfig(Section):

@@ -11,6 +11,7 @@ from .backbone import ClipBackbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .fusion import ClipCaMsa
+from .onnx_backend import use_onnx
 from .prompts import LABELS, PROMPTS
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def build_fusion(zero_shot: ZeroShot | ClipBackbone, cfg: ModelConfig) -> ClipCa
 
 def build_model(cfg: ModelConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
+    if cfg.vision.backend == "onnx" and backbone.backend != "onnx":
+        use_onnx(backbone, cfg.vision)
     fusion = build_fusion(backbone, cfg)
     if cfg.model.checkpoint:
         load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)

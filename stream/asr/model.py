@@ -61,6 +61,10 @@ def _build_model(cfg: AsrConfig) -> "WhisperModel":
 
     source = _resolve_model(cfg.model)
     device, index = _split_device(cfg.device)
+    if device == "cuda":  # before CTranslate2's first GPU use dlopens libcublas.so.12
+        from .cuda_libs import preload_cuda12_libs
+
+        preload_cuda12_libs()
     try:
         return WhisperModel(
             source,

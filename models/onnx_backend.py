@@ -1,0 +1,199 @@
+"""`vision.backend: onnx`: the CLIP towers exported once with torch.onnx and run by ONNX Runtime.
+
+Each tower (image: pixels -> pooled projected embedding; text: tokens -> projected token states) is
+exported with the dynamo exporter on first use and cached on disk under a key of everything the graph
+depends on: model name, architecture, a hash of the weights, precision, opset, the torch version
+(``$SENTISTREAM_CACHE/onnx``, else ``$XDG_CACHE_HOME`` or ``~/.cache``, ``/sentistream/onnx``).
+Later runs load the cached graph. Only the towers' forward passes move: preprocessing, tokenising,
+the text mask / pooling index and the prompt embeddings stay in `ClipBackbone`.
+
+Execution providers (`vision.onnx_provider`): ``auto`` takes TensorRT, then CUDA, where
+onnxruntime has them and the backbone is on a GPU, else the CPU; an explicit provider that this
+onnxruntime lacks falls back to the next one with one warning line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .backbone import ClipBackbone
+from .config import VisionConfig
+from .errors import UserError, one_line
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_FALLBACK = ("tensorrt", "cuda", "cpu")  # each falls back to the ones after it
+
+
+def cache_root() -> Path:
+    if os.environ.get("SENTISTREAM_CACHE"):
+        return Path(os.environ["SENTISTREAM_CACHE"]).expanduser() / "onnx"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sentistream" / "onnx"
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """Identity of the weights: every parameter and buffer's name, dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def graph_key(cfg: VisionConfig, backbone: ClipBackbone, tower: str) -> str:
+    parts = {
+        "model": cfg.model,
+        "arch": cfg.arch,
+        "weights": weights_hash(backbone.clip),
+        "dtype": str(backbone.dtype),
+        "device": backbone.device.type,  # fp16 graphs exported on a GPU differ from CPU ones
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "tower": tower,
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.model)
+    return f"{safe}-{tower}-{str(backbone.dtype).removeprefix('torch.')}-op{OPSET}-{digest}"
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, backbone: ClipBackbone):
+        super().__init__()
+        self.clip = backbone.clip
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(pixels)
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, backbone: ClipBackbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.backbone.text_states(tokens)
+
+
+def _example(backbone: ClipBackbone, tower: str) -> torch.Tensor:
+    if tower == "image":
+        return torch.randn(2, 3, *backbone.image_size, device=backbone.device, dtype=backbone.dtype)
+    return backbone.tokenize(["an example", "another example text"]).to(backbone.device)
+
+
+def export_tower(backbone: ClipBackbone, tower: str, path: Path) -> None:
+    """torch.onnx (dynamo exporter) of one tower with a dynamic batch axis, written to `path`."""
+    module = (_ImageTower if tower == "image" else _TextTower)(backbone).eval()
+    name = "pixels" if tower == "image" else "tokens"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # exporter chatter; a failure still raises
+        torch.onnx.export(
+            module, (_example(backbone, tower),), str(path), dynamo=True, input_names=[name], output_names=["out"],
+            dynamic_shapes=({0: batch},), opset_version=OPSET, external_data=True, verbose=False, report=False,
+        )
+
+
+def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Path | None = None) -> Path:
+    """The tower's .onnx in the cache, exported first if missing. Concurrent exports are safe:
+    each writes a private directory and renames it into place; the first rename wins."""
+    root = root or cache_root()
+    final = root / graph_key(cfg, backbone, tower)
+    graph = final / "model.onnx"
+    if graph.is_file():
+        return graph
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    try:
+        log.info("exporting the CLIP %s tower of %s to ONNX (once; cached in %s)", tower, cfg.model, root)
+        try:
+            export_tower(backbone, tower, tmp / "model.onnx")
+        except Exception as exc:
+            raise UserError(f"vision.backend=onnx: exporting the {cfg.model} {tower} tower failed ({one_line(exc, 160)}); use vision.backend=torch") from None
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not graph.is_file():  # someone else's rename won only if their graph is there
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return graph
+
+
+def choose_providers(requested: str, device: torch.device, available: list[str]) -> tuple[list[str], str | None]:
+    """(providers in priority order, warning line or None). `auto`: the best one there is for the device."""
+    if requested == "auto":
+        wanted = "tensorrt" if device.type == "cuda" else "cpu"
+        chain = [p for p in _FALLBACK[_FALLBACK.index(wanted):] if PROVIDERS[p] in available]
+        warning = None
+        if device.type == "cuda" and chain[0] == "cpu":
+            warning = ("vision.backend=onnx: this onnxruntime has no CUDA or TensorRT execution provider "
+                       "(install onnxruntime-gpu for them); the CLIP towers run on the CPU")
+        return [PROVIDERS[p] for p in chain], warning
+    chain = [p for p in _FALLBACK[_FALLBACK.index(requested):] if PROVIDERS[p] in available]
+    warning = None
+    if chain[0] != requested:
+        warning = (f"vision.onnx_provider={requested}: this onnxruntime has no {PROVIDERS[requested]} "
+                   f"(has: {', '.join(available)}); using {PROVIDERS[chain[0]]}")
+    return [PROVIDERS[p] for p in chain], warning
+
+
+class OrtTower:
+    """One ONNX Runtime session standing in for a tower: torch tensor in, torch tensor out (on the backbone's device)."""
+
+    def __init__(self, graph: Path, providers: list[str], threads: int, device: torch.device):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: provider set-up chatter is ours to say in one line
+        self.session = ort.InferenceSession(str(graph), options, providers=providers)
+        self.input = self.session.get_inputs()[0].name
+        self.device = device
+        self.providers = self.session.get_providers()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: x.detach().cpu().numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(self.device)
+
+
+def use_onnx(backbone: ClipBackbone, cfg: VisionConfig, threads: int | None = None, root: Path | None = None) -> dict[str, Any]:
+    """Swap the backbone's towers for ONNX Runtime sessions. Returns what was chosen (providers, graphs)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("vision.backend=onnx needs onnxruntime (pip install onnxruntime); or use vision.backend=torch") from None
+    providers, warning = choose_providers(cfg.onnx_provider, backbone.device, list(ort.get_available_providers()))
+    if warning:
+        log.warning(warning)
+    n = threads or torch.get_num_threads()
+    towers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+    graphs = {}
+    for tower in ("image", "text"):
+        graphs[tower] = cached_graph(cfg, backbone, tower, root)
+        towers[tower] = OrtTower(graphs[tower], providers, n, backbone.device)
+    backbone.image_tower = towers["image"]
+    backbone.text_tower = towers["text"]
+    backbone.backend = "onnx"
+    chosen = towers["image"].providers  # type: ignore[attr-defined]
+    log.info("CLIP towers on ONNX Runtime (%s, %d threads)", chosen[0], n)
+    return {"providers": chosen, "graphs": graphs, "warning": warning}
