@@ -1,0 +1,129 @@
+"""Per-face estimates on a real photo (scikit-image's astronaut.png) in a generated 2x2 gallery view:
+real Haar detector, real ByteTrack, real PyAV decode, the tiny random CLIP."""
+from __future__ import annotations
+
+import asyncio
+
+import cv2
+import pytest
+
+from scripts.media import GALLERY_TILE, GALLERY_TILES, gallery_frame, gallery_tile_of, make_gallery_video
+from stream.engine import ModelEngine
+from stream.runtime import Runtime
+from stream.session import StreamSession
+from stream.sources import VideoFrame, open_source
+from stream.sources.pump import pump
+
+pytest.importorskip("skimage")
+SECONDS = 9.0
+STILL, MOVING, EMPTY, MIDDLE = (GALLERY_TILES.index(k) for k in ("still", "moving", "empty", "middle"))
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    return make_gallery_video(tmp_path_factory.mktemp("faces") / "gallery.mp4", SECONDS, fps=10)
+
+
+async def _analyse(cfg, model, path) -> tuple[list[dict], dict]:
+    engine = ModelEngine(model, cfg.engine)
+    events: list[dict] = []
+    try:
+        session = StreamSession("g", Runtime(cfg, engine), events.append, live=False, has_video=True, has_audio=False)
+        source = open_source(str(path))
+        source.open()
+        runner = asyncio.create_task(session.run())
+        await pump(source.frames(), session)
+        summary = await asyncio.wait_for(runner, 300)
+    finally:
+        await engine.close()
+    return [e for e in events if e["type"] == "sentiment"], summary
+
+
+@pytest.fixture(scope="module")
+def faces_on(gallery, tiny_model, tiny_cfg):
+    return asyncio.run(_analyse(tiny_cfg, tiny_model, gallery))
+
+
+def _tile_box(tile: int) -> tuple[int, int, int, int]:
+    tw, th = GALLERY_TILE
+    return (tile % 2) * tw, (tile // 2) * th, (tile % 2 + 1) * tw, (tile // 2 + 1) * th
+
+
+def test_gallery_two_stable_ids_a_third_comes_and_goes_boxes_in_their_tiles(faces_on, tiny_cfg):
+    estimates, summary = faces_on
+    hop = tiny_cfg.window.hop
+    assert [e["t"] for e in estimates] == pytest.approx([hop * k for k in range(1, int(SECONDS / hop))])
+    ids_by_tile: dict[int, set[int]] = {k: set() for k in range(4)}
+    middle_seen = []
+    for e in estimates:
+        tiles = []
+        for f in e["faces"]:
+            assert set(f) == {"id", "bbox", "label", "probs", "score", "modalities", "n"}
+            assert sum(f["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+            assert 1 <= f["n"] <= tiny_cfg.window.max_frames and f["modalities"]["image"]["n"] == f["n"]
+            x, y, w, h = f["bbox"]
+            tile = gallery_tile_of(x + w / 2, y + h / 2)
+            x0, y0, x1, y1 = _tile_box(tile)
+            assert x0 <= x and y0 <= y and x + w <= x1 and y + h <= y1, f"bbox {f['bbox']} leaves tile {tile}"
+            assert w >= tiny_cfg.faces.min_size_px - 1
+            ids_by_tile[tile].add(f["id"])
+            tiles.append(tile)
+        # The still and the moving face are in view in every estimate, one box each.
+        assert sorted(t for t in tiles if t in (STILL, MOVING)) == [STILL, MOVING], (e["t"], e["faces"])
+        assert EMPTY not in tiles
+        if MIDDLE in tiles:
+            middle_seen.append(e["t"])
+    # One id each for the first two throughout (no new id, no swap between them) ...
+    assert len(ids_by_tile[STILL]) == 1 and len(ids_by_tile[MOVING]) == 1
+    assert ids_by_tile[STILL] != ids_by_tile[MOVING]
+    # ... a third appears during the middle third only and is gone afterwards.
+    assert len(ids_by_tile[MIDDLE]) == 1 and not ids_by_tile[MIDDLE] & (ids_by_tile[STILL] | ids_by_tile[MOVING])
+    assert middle_seen and SECONDS / 3 <= min(middle_seen) and max(middle_seen) <= 2 * SECONDS / 3 + hop
+    assert estimates[-1]["t"] > max(middle_seen)  # it disappeared before the end
+    assert summary["latency"]["face_detect"]["count"] == summary["frames_processed"]
+
+
+def test_faces_disabled_gives_no_faces_and_the_whole_frame_estimate_unchanged(faces_on, gallery, tiny_model, tiny_cfg):
+    off_cfg = tiny_cfg.model_copy(update={"faces": tiny_cfg.faces.model_copy(update={"enabled": False})})
+    off, summary = asyncio.run(_analyse(off_cfg, tiny_model, gallery))
+    on, _ = faces_on
+    assert off and all("faces" not in e for e in off)
+    assert "face_detect" not in summary["latency"]
+    # The whole-frame estimate stays as it is: same hops, same probabilities.
+    assert [e["t"] for e in off] == [e["t"] for e in on]
+    for a, b in zip(off, on):
+        assert a["label"] == b["label"]
+        for k in a["probs"]:
+            assert a["probs"][k] == pytest.approx(b["probs"][k], abs=1e-5)
+
+
+async def test_faces_and_frames_of_two_streams_share_clip_batches(tiny_model, tiny_cfg):
+    # Stream A sends the 640x480 gallery, stream B the same scaled to 800x600: a batch's image
+    # shapes tell whose frames are in it; face crops are far smaller than either.
+    # Detection takes longer on the bigger frames: the image batcher waits long enough for both
+    # streams (a batch closes at 64 items or 10 s); fusion keeps its short wait.
+    cfg = tiny_cfg.model_copy(update={"engine": tiny_cfg.engine.model_copy(update={"max_wait_ms": 10_000.0, "max_batch": 64})})
+    engine = ModelEngine(tiny_model, cfg.engine)
+    engine.fusion.max_wait = tiny_cfg.engine.max_wait_ms / 1000
+    shapes: list[list[tuple[int, ...]]] = []
+    encode = engine._encode_images
+    engine.images._fn = lambda imgs: (shapes.append([i.shape for i in imgs]), encode(imgs))[1]
+    runtime = Runtime(cfg, engine)
+    try:
+        sessions = [StreamSession(n, runtime, lambda e: None, live=False, has_video=True, has_audio=False) for n in "ab"]
+        runners = [asyncio.create_task(s.run()) for s in sessions]
+        for i in range(4):  # 4 sampled frames (2 fps): the faces are confirmed from the second
+            t = i * 0.5
+            img = gallery_frame(t, SECONDS)
+            await sessions[0].push_video(VideoFrame(t, img, 0.0))
+            await sessions[1].push_video(VideoFrame(t, cv2.resize(img, (800, 600)), 0.0))
+        for s in sessions:
+            s.end_input()
+        await asyncio.wait_for(asyncio.gather(*runners), 120)
+    finally:
+        await engine.close()
+    a, b = (480, 640, 3), (600, 800, 3)
+    shared = [s for s in shapes if a in s and b in s and any(x not in (a, b) for x in s)]
+    assert shared, shapes
+    crops = [x for s in shapes for x in s if x not in (a, b)]
+    assert all(x[0] < 200 and x[1] < 200 for x in crops)
