@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import cv2
+import numpy as np
 import pytest
 
 from scripts.media import GALLERY_TILE, GALLERY_TILES, gallery_frame, gallery_tile_of, make_gallery_video
@@ -127,3 +128,24 @@ async def test_faces_and_frames_of_two_streams_share_clip_batches(tiny_model, ti
     assert shared, shapes
     crops = [x for s in shapes for x in s if x not in (a, b)]
     assert all(x[0] < 200 and x[1] < 200 for x in crops)
+
+
+def test_overlay_boxes_each_face_in_its_label_colour_and_blurs_on_request():
+    from stream.overlay import OverlayTracker, draw_overlay
+    from stream.overlay.draw import _LABEL_COLOURS
+
+    img = gallery_frame(0.0, SECONDS)
+    face = {"id": 7, "bbox": [370.0, 20.0, 70.0, 70.0], "label": "positive", "score": 0.4, "probs": {}, "modalities": {}, "n": 3}
+    event = {"type": "sentiment", "stream": "0", "t": 1.0, "label": "neutral", "score": 0.0, "probs": {}, "modalities": {}, "faces": [face]}
+    inside = (slice(30, 80), slice(380, 430))  # the moving tile's face at t=0
+    for blur in (False, True):
+        tracker = OverlayTracker(blur_faces=blur)
+        tracker.feed(event)
+        out = draw_overlay(img, tracker.state())
+        assert tuple(out[50, 370]) == _LABEL_COLOURS["positive"]  # the box's left edge
+        assert tuple(out[20, 400]) == _LABEL_COLOURS["positive"]  # its top edge
+        changed = np.abs(out[inside].astype(int) - img[inside].astype(int)).mean()
+        assert (changed > 2.0) if blur else (changed == 0.0)
+    tracker = OverlayTracker()
+    tracker.feed({**event, "faces": []})
+    assert np.array_equal(draw_overlay(img, tracker.state())[:, 330:], draw_overlay(img, OverlayTracker().state())[:, 330:])

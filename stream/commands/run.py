@@ -60,7 +60,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     stream_name = cfg.pipeline.stream_name
     runtime: Optional[Runtime] = None
     progress = Progress(info)
-    live_overlay = LiveOverlay(args.overlay, info, show) if (info.live and (args.overlay or show)) else None
+    live_overlay = LiveOverlay(args.overlay, info, show, blur_faces=cfg.faces.blur_in_overlay) if (info.live and (args.overlay or show)) else None
     sink.keep = bool(args.overlay) and not info.live
     sink.listeners.append(progress.on_event)
     if live_overlay is not None:
@@ -92,7 +92,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         sink.close()
     if args.overlay and not info.live and status == 0:
         path = str(demo_path()) if args.source.strip() == "demo" else args.source
-        await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay)
+        await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay, cfg.faces.blur_in_overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     return status
 

@@ -45,7 +45,7 @@ class Connection:
         self._on_closed = on_closed  # frees the slot
         self.connect_timeout_s = connect_timeout_s  # an answered offer whose peer never connects gives its slot back
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
-        self.tracker = OverlayTracker()
+        self.tracker = OverlayTracker(blur_faces=runtime.cfg.faces.blur_in_overlay)
         self.events = EventChannel()
         self.clock = TrackClock()
         self.session: Optional[StreamSession] = None
