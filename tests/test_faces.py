@@ -149,3 +149,42 @@ def test_overlay_boxes_each_face_in_its_label_colour_and_blurs_on_request():
     tracker = OverlayTracker()
     tracker.feed({**event, "faces": []})
     assert np.array_equal(draw_overlay(img, tracker.state())[:, 330:], draw_overlay(img, OverlayTracker().state())[:, 330:])
+
+
+def test_tracker_keeps_an_id_through_missed_detections_and_gives_a_returning_face_a_new_one():
+    from stream.faces import FaceTracker
+
+    tracker = FaceTracker(keep_lost_frames=3)
+    a, b = np.array([100.0, 50, 48, 48]), np.array([420.0, 50, 48, 48])
+    ids = []
+    for i in range(14):
+        boxes = [b] + ([a + [2 * i, 0, 0, 0]] if i not in (4, 5) and i < 8 or i >= 12 else [])
+        ids.append({int(x // 320): tid for tid, (x, *_rest) in tracker.update(np.array(boxes))})
+    assert ids[0] == {}  # a face's first frame only starts its track
+    first_a, first_b = ids[1][0], ids[1][1]
+    assert all(d[1] == first_b for d in ids[1:])  # b never loses its id
+    assert all(d[0] == first_a for d in ids[1:8] if 0 in d) and 0 not in ids[4] and 0 not in ids[5]  # two misses survived
+    assert ids[13][0] not in (first_a, first_b)  # gone for 4 frames: back with a new id
+
+
+async def test_faces_max_keeps_the_largest(tiny_model, tiny_cfg):
+    from stream.faces import FaceAnalyzer
+    from stream.metrics import LatencyStats
+
+    img = gallery_frame(0.0, SECONDS, tiles=("still", "moving", "still", "moving"))
+    # The top-left photo (240x240 at x 40) enlarged 1.25x: its face is the largest of the four.
+    img[:240, 10:310] = cv2.resize(img[:240, 40:280], (300, 300))[:240]
+    engine = ModelEngine(tiny_model, tiny_cfg.engine)
+    try:
+        cfg = tiny_cfg.faces.model_copy(update={"max": 2})
+        faces = FaceAnalyzer(cfg, engine, 8.0, 40, LatencyStats())
+        for t in (0.0, 0.5):
+            await asyncio.gather(*await faces.prepare([VideoFrame(t, img, 0.0)]))
+        views = faces.views(0.5, "", 0)
+        assert len(views) == 2 and faces.detector.detect(img).shape[0] == 4
+        widths = sorted(b[2] for b in faces.detector.detect(img).tolist())
+        assert sorted(v.bbox[2] for v in views) == pytest.approx(widths[-2:], abs=3)
+        assert any(gallery_tile_of(v.bbox[0] + v.bbox[2] / 2, v.bbox[1] + v.bbox[3] / 2) == 0 for v in views)
+        faces.close()
+    finally:
+        await engine.close()

@@ -2,6 +2,6 @@
 the shared CLIP image tower, each with its own frame window (see `FaceAnalyzer`)."""
 from .analyzer import FaceAnalyzer, FaceView
 from .detector import HaarFaceDetector
-from .tracker import FaceTracker
+from .tracker import FaceTracker, load_tracker_library
 
-__all__ = ["FaceAnalyzer", "FaceView", "HaarFaceDetector", "FaceTracker"]
+__all__ = ["FaceAnalyzer", "FaceView", "HaarFaceDetector", "FaceTracker", "load_tracker_library"]

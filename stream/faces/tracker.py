@@ -4,6 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def load_tracker_library() -> None:
+    """Imports `trackers` (and supervision: ~1-3 s). The runtime calls this while it loads the models,
+    off the event loop, so the first stream's session does not stall a server's loop."""
+    import supervision  # noqa: F401
+    import trackers  # noqa: F401
+
+
 class FaceTracker:
     """Boxes of one frame (x, y, w, h) -> the confirmed tracks in it: [(id, box)].
 

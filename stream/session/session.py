@@ -122,10 +122,13 @@ class StreamSession:
         text, n_words = self.transcript.text(end)
         window = WindowInput(snap.features, snap.ages, text, n_words)
         tick = time.perf_counter()
-        views = self.faces.views(end, text, n_words) if self.faces is not None else []
-        # Every face's window goes to fusion with the whole frame's: one batch, same transcript.
-        est, *face_ests = await asyncio.gather(*(self.rt.engine.estimate(w, self.cfg.window.max_text_tokens)
-                                                 for w in (window, *(v.window for v in views))))
+        if self.faces is None:
+            est = await self.rt.engine.estimate(window, self.cfg.window.max_text_tokens)
+        else:
+            views = self.faces.views(end, text, n_words)
+            # Every face's window goes to fusion with the whole frame's: one batch, same transcript.
+            est, *face_ests = await asyncio.gather(*(self.rt.engine.estimate(w, self.cfg.window.max_text_tokens)
+                                                     for w in (window, *(v.window for v in views))))
         now = time.perf_counter()
         for entry in snap.entries:
             if not entry.seen:
