@@ -7,6 +7,7 @@ import asyncio
 import cv2
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from scripts.media import GALLERY_TILE, GALLERY_TILES, gallery_frame, gallery_tile_of, make_gallery_video
 from stream.engine import ModelEngine
@@ -185,6 +186,9 @@ async def test_faces_max_keeps_the_largest(tiny_model, tiny_cfg):
         widths = sorted(b[2] for b in faces.detector.detect(img).tolist())
         assert sorted(v.bbox[2] for v in views) == pytest.approx(widths[-2:], abs=3)
         assert any(gallery_tile_of(v.bbox[0] + v.bbox[2] / 2, v.bbox[1] + v.bbox[3] / 2) == 0 for v in views)
+        gauge = lambda: REGISTRY.get_sample_value("sentistream_faces_tracked")  # noqa: E731
+        assert gauge() == 2  # Prometheus: faces tracked in the newest frame
         faces.close()
+        assert gauge() == 0
     finally:
         await engine.close()
