@@ -161,3 +161,66 @@ def make_video(
     _run([*cmd, "-t", f"{seconds:.3f}", str(tmp)])
     tmp.replace(path)
     return path
+
+
+# ------------------------------------------------------------------------------- gallery view
+# A 2x2 "gallery view" of a real photo (scikit-image's astronaut.png: one frontal face): each tile
+# is 320x240 and shows the photo (240x240) still, moving slowly left to right, only during the
+# middle third of the clip, or nothing (a plain grey tile).
+GALLERY_SIZE = (640, 480)
+GALLERY_TILE = (320, 240)
+GALLERY_TILES = ("still", "moving", "empty", "middle")  # top-left, top-right, bottom-left, bottom-right
+_PHOTO_SIDE = 240
+_MOVE_PX = 80  # how far the moving photo travels over the clip
+
+
+def _astronaut(side: int) -> np.ndarray:
+    import cv2
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def gallery_frame(t: float, seconds: float, tiles: Sequence[str] = GALLERY_TILES, _photo: dict = {}) -> np.ndarray:  # noqa: B006
+    """The gallery frame at media time t (RGB uint8, 480x640)."""
+    if "img" not in _photo:
+        _photo["img"] = _astronaut(_PHOTO_SIDE)
+    photo = _photo["img"]
+    tw, th = GALLERY_TILE
+    frame = np.full((GALLERY_SIZE[1], GALLERY_SIZE[0], 3), 96, np.uint8)
+    for i, kind in enumerate(tiles):
+        x0, y0 = (i % 2) * tw, (i // 2) * th
+        frame[y0:y0 + th, x0:x0 + tw] = 96 + 16 * i  # tiles tell apart
+        if kind == "empty" or (kind == "middle" and not seconds / 3 <= t < 2 * seconds / 3):
+            continue
+        offset = int(round(_MOVE_PX * min(1.0, t / seconds))) if kind == "moving" else (tw - _PHOTO_SIDE) // 2
+        frame[y0:y0 + th, x0 + offset:x0 + offset + _PHOTO_SIDE] = photo
+    return frame
+
+
+def gallery_tile_of(x: float, y: float) -> int:
+    """Which tile (index into the tiles) a source-pixel point lies in."""
+    return int(y // GALLERY_TILE[1]) * 2 + int(x // GALLERY_TILE[0])
+
+
+def make_gallery_video(path: Path | str, seconds: float, fps: int = 10, tiles: Sequence[str] = GALLERY_TILES) -> Path:
+    """The gallery view as an h264 mp4 (no audio), written with PyAV."""
+    import av
+
+    path = Path(path)
+    if path.exists():
+        return path
+    tmp = path.with_name(f"{path.stem}.part{path.suffix}")
+    with av.open(str(tmp), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = GALLERY_SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "20"}
+        for i in range(int(round(seconds * fps))):
+            frame = av.VideoFrame.from_ndarray(gallery_frame(i / fps, seconds, tiles), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+    return path

@@ -109,8 +109,22 @@ class ServerConfig(Section):
         return value
 
 
+class FacesConfig(Section):
+    """Per-person estimates: faces detected (OpenCV Haar cascade), tracked (ByteTrack) and embedded
+    like frames; each face gets its own frame window and estimate next to the whole-frame one."""
+
+    enabled: bool = True
+    max: int = Field(4, ge=1, le=32)  # faces embedded per frame, largest first
+    min_size_px: int = Field(40, ge=16, le=1024)  # smaller faces (in source pixels) are ignored
+    margin: float = Field(0.25, ge=0, le=1)  # crop = bbox grown by this fraction of its size on each side
+    blur_in_overlay: bool = False  # privacy: blur every tracked face in written overlays
+    # Sampled frames a face may go undetected and keep its id (the tracker's lost-track buffer).
+    keep_lost_frames: int = Field(3, ge=0, le=100)
+
+
 class AppConfig(ModelConfig):
     asr: AsrConfig = AsrConfig()
+    faces: FacesConfig = FacesConfig()
     engine: EngineConfig = EngineConfig()
     pipeline: PipelineConfig = PipelineConfig()
     server: ServerConfig = ServerConfig()

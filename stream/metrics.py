@@ -30,6 +30,7 @@ FRAMES_DROPPED = Counter("sentistream_frames_dropped", "Video frames dropped as 
 AUDIO_SECONDS = Counter("sentistream_audio_seconds", "Seconds of client audio received")
 ESTIMATES = Counter("sentistream_estimates", "Sentiment estimates sent")
 TRANSCRIPTS = Counter("sentistream_transcripts", "Transcript events sent")
+FACES_TRACKED = Gauge("sentistream_faces_tracked", "Faces tracked in the newest frame, all streams together")
 EVENTS_DROPPED = Counter("sentistream_events_dropped", "Events not sent: data channel backed up or closed")
 
 

@@ -31,7 +31,7 @@ from .runtime import Runtime, build_runtime, build_runtime_blocking
 from .session import StreamSession
 from .sources import MediaItem, MediaSource, VideoFrame, open_source, pump
 
-STAGES = ("decode", "clip_image", "asr", "clip_text", "fusion", "frame_to_estimate", "transcript_lag")
+STAGES = ("decode", "face_detect", "clip_image", "asr", "clip_text", "fusion", "frame_to_estimate", "transcript_lag")
 DRIFT_STAGE = "frame_to_estimate"
 MINUTE = 60.0
 

@@ -14,6 +14,7 @@ from models.factory import build_model
 from .asr import PassDecoder, ShortPassDecoder, WhisperBatcher, load_whisper, short_pass_decoder
 from .config import AppConfig
 from .engine import ModelEngine
+from .faces import load_tracker_library
 from .metrics import LatencyStats
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def build_runtime_blocking(cfg: AppConfig, need_asr: bool = True, shared: bool =
     if cfg.engine.threads:
         torch.set_num_threads(cfg.engine.threads)  # the process's torch pool: set once, here
     model = build_model(cfg)
+    if cfg.faces.enabled:
+        load_tracker_library()
     engine = ModelEngine(model, cfg.engine, stats)
     whisper, pool, decoder, batcher = None, None, None, None
     if need_asr and cfg.asr.enabled:

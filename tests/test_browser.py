@@ -163,3 +163,29 @@ def test_page_connects_and_shows_transcript_and_estimate(server, driver):
     driver.refresh()
     _until_no_connections(server)
     assert _closed_by_bye(server) == byes + 2
+
+
+def test_page_lists_people_from_face_estimates(server, driver):
+    """The page's people list: one row per face id (label, score, a small timeline); a face out of
+    view is greyed, rows stay bounded."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(server)
+    probs = {"negative": 0.2, "neutral": 0.3, "positive": 0.5}
+
+    def event(t: float, faces: list[tuple[int, str, float]]) -> dict:
+        return {"type": "sentiment", "stream": "0", "t": t, "label": "neutral", "probs": probs, "score": 0.0,
+                "modalities": {}, "weights": "random", "latency_ms": 5.0,
+                "faces": [{"id": i, "bbox": [10, 10, 50, 50], "label": lab, "probs": probs, "score": sc, "modalities": {}, "n": 2}
+                          for i, lab, sc in faces]}
+
+    assert not driver.find_element(By.ID, "people-card").is_displayed()
+    for ev in (event(0.5, [(1, "positive", 0.42), (2, "negative", -0.3)]), event(1.0, [(1, "neutral", 0.05)])):
+        driver.execute_script("onEvent(arguments[0])", ev)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#people li")
+    assert [r.find_element(By.TAG_NAME, "b").text for r in rows] == ["#1 neutral +0.05", "#2 negative -0.30"]
+    assert [r.get_attribute("class") for r in rows] == ["", "gone"]
+    assert driver.execute_script("return people.get(1).points.length") == 2
+    for k in range(40):  # many short-lived ids: the list stays bounded
+        driver.execute_script("onEvent(arguments[0])", event(2.0 + k, [(100 + k, "neutral", 0.0)]))
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#people li")) <= 16

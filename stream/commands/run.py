@@ -78,7 +78,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     stream_name = cfg.pipeline.stream_name
     runtime: Optional[Runtime] = None
     progress = Progress(info)
-    live_overlay = LiveOverlay(args.overlay, info, show) if (info.live and (args.overlay or show)) else None
+    live_overlay = LiveOverlay(args.overlay, info, show, blur_faces=cfg.faces.blur_in_overlay) if (info.live and (args.overlay or show)) else None
     report = getattr(args, "report", None)
     to_file = bool(args.output) and args.output != "-"
     # The report re-reads the events file; only events going to stdout are kept in memory for it.
@@ -118,7 +118,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         sink.close()
     if args.overlay and not info.live and status == 0:
         path = str(demo_path()) if args.source.strip() == "demo" else args.source
-        await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay)
+        await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay, cfg.faces.blur_in_overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     if report:
         events = load_events(args.output) if to_file else sink.events

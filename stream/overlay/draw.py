@@ -23,6 +23,8 @@ class OverlayState:
     weights: dict[str, float] = field(default_factory=dict)  # modality -> weight: "image", "text"
     transcript: str = ""
     weights_kind: str = "pretrained"  # "pretrained" | "random"
+    faces: list[dict[str, Any]] = field(default_factory=list)  # the estimate's `faces` (id, bbox, label, score)
+    blur_faces: bool = False  # faces.blur_in_overlay: blur every face box before drawing it
 
 
 def _text_size(text: str, scale: float, thick: int) -> tuple[int, int]:
@@ -61,12 +63,43 @@ def _score_colour(score: float) -> tuple[int, int, int]:
     return tuple(int(r + (g - r) * s) for r, g in zip(_RED, _GREEN))  # type: ignore[return-value]
 
 
+def _face_rect(face: dict[str, Any], w: int, h: int) -> Optional[tuple[int, int, int, int]]:
+    try:
+        x, y, bw, bh = (float(v) for v in face["bbox"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+    x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
+    return (x0, y0, x1, y1) if x1 - x0 >= 2 and y1 - y0 >= 2 else None
+
+
+def _draw_faces(img: np.ndarray, faces: list[dict[str, Any]], blur: bool, scale: float, thick: int) -> None:
+    """A box per face in its label's colour, "#id label +score" above it; blurred first if asked."""
+    h, w = img.shape[:2]
+    for face in faces:
+        rect = _face_rect(face, w, h)
+        if rect is None:
+            continue
+        x0, y0, x1, y1 = rect
+        if blur:
+            k = max(3, ((x1 - x0) // 3) | 1)  # odd kernel, a third of the face: nothing recognisable
+            img[y0:y1, x0:x1] = cv2.GaussianBlur(img[y0:y1, x0:x1], (k, k), 0)
+        colour = _LABEL_COLOURS.get(str(face.get("label")), _WHITE)
+        cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, max(1, thick))
+        score = face.get("score")
+        text = f"#{face.get('id')} {face.get('label', '')} {score:+.2f}" if isinstance(score, (int, float)) else f"#{face.get('id')}"
+        _, th = _text_size(text, scale, thick)
+        _put(img, text, x0, y0 - 3 if y0 - 3 - th >= 0 else min(h - 2, y1 + th + 2), scale, colour, thick)
+
+
 def draw_overlay(image_rgb: np.ndarray, state: OverlayState) -> np.ndarray:
     """A copy of `image_rgb` (HxWx3 uint8 RGB) with the estimate drawn on it; the input is untouched."""
     img = np.ascontiguousarray(image_rgb, dtype=np.uint8).copy()
     h, w = img.shape[:2]
     scale = max(0.36, w / 800.0)  # 0.4 at 320 px wide, 0.8 at 640, 1.6 at 1280
     thick = max(1, int(round(scale * 1.6)))
+    if state.faces:  # under the panels: the estimate stays readable over a face
+        _draw_faces(img, state.faces, state.blur_faces, scale * 0.7, max(1, thick - 1))
     big_scale, big_thick = scale * 1.35, thick + (1 if scale >= 0.6 else 0)
     small = scale * 0.85
     _, th = _text_size("Ag", scale, thick)
@@ -155,8 +188,9 @@ def draw_overlay(image_rgb: np.ndarray, state: OverlayState) -> np.ndarray:
 class OverlayTracker:
     """Folds the event stream into the `OverlayState` to draw at a given media time."""
 
-    def __init__(self, max_chars: int = 60) -> None:
+    def __init__(self, max_chars: int = 60, blur_faces: bool = False) -> None:
         self.max_chars = max_chars
+        self.blur_faces = blur_faces
         self.sentiment: Optional[dict[str, Any]] = None
         self._finals: list[str] = []
         self._final_end = float("-inf")
@@ -192,4 +226,5 @@ class OverlayTracker:
         weights = {k: float(m["weight"]) for k, m in mods.items() if isinstance(m, dict) and m.get("weight") is not None}
         return OverlayState(
             label=ev.get("label"), score=ev.get("score"), probs=dict(ev.get("probs") or {}), weights=weights,
-            transcript=self.transcript(), weights_kind=str(ev.get("weights", "pretrained")))
+            transcript=self.transcript(), weights_kind=str(ev.get("weights", "pretrained")),
+            faces=list(ev.get("faces") or []), blur_faces=self.blur_faces)

@@ -14,9 +14,9 @@ from .writer import OverlayWriter
 class LiveOverlay:
     """Draws the latest estimate on every frame of a live source as it passes (never waits)."""
 
-    def __init__(self, path: Optional[str], info: SourceInfo, show: bool):
+    def __init__(self, path: Optional[str], info: SourceInfo, show: bool, blur_faces: bool = False):
         self.path, self.info, self.show = path, info, show
-        self.tracker = OverlayTracker()
+        self.tracker = OverlayTracker(blur_faces=blur_faces)
         self.writer: Optional[OverlayWriter] = None
         self._lock = threading.Lock()
         if path and info.width and info.height:  # open now so audio before the first frame is kept

@@ -171,9 +171,9 @@ def _remove(path: str) -> None:
         pass
 
 
-def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str) -> int:
+def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str, blur_faces: bool = False) -> int:
     """Second pass over a file: every frame at native rate with the estimate as of its time, plus the
-    original audio (mono AAC). Returns the number of frames written."""
+    original audio (mono AAC), faces blurred with `blur_faces`. Returns the number of frames written."""
     evs = list(events)
     # Sentiment counts from its `t`; transcript from its end, when its words had been heard.
     timeline = sorted(
@@ -197,7 +197,7 @@ def render_overlay_file(source_path: str, events: Iterable[dict], out_path: str)
         a_rate = aus.codec_context.sample_rate if aus is not None else 48000
         if a_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
             a_rate = 48000
-        tracker, k = OverlayTracker(), 0
+        tracker, k = OverlayTracker(blur_faces=blur_faces), 0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=a_rate) if aus is not None else None
         writer = OverlayWriter(out_path, vs.codec_context.width, vs.codec_context.height, float(rate),
                                with_audio=aus is not None, audio_rate=a_rate)

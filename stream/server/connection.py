@@ -57,7 +57,7 @@ class Connection:
         self.media_timeout_s = limits.media_timeout_s
         self.max_video_size = (limits.max_video_width, limits.max_video_height)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
-        self.tracker = OverlayTracker()
+        self.tracker = OverlayTracker(blur_faces=runtime.cfg.faces.blur_in_overlay)
         self.events = EventChannel()
         self.followers = Followers()  # GET /ws/events?stream=ID
         self.clock = TrackClock()

@@ -17,6 +17,7 @@ from models.sampling import FrameSampler
 from ..asr import StreamingTranscriber, TranscriptUpdate
 from ..engine import ModelEngine
 from ..events import make_event
+from ..faces import FaceAnalyzer
 from ..metrics import LatencyStats
 from ..queues import CLOSED, MediaQueue
 from ..sources import SAMPLE_RATE, AudioChunk, VideoFrame
@@ -28,8 +29,9 @@ _MAX_AUDIO_WALLS = 20000  # (media end, wall) pairs kept for transcript lag; bou
 
 class VideoBranch:
     def __init__(self, engine: ModelEngine, sampler: FrameSampler, queue: MediaQueue, window: FrameWindow,
-                 progress: Progress, *, forward_skipped: bool, max_batch: int) -> None:
+                 progress: Progress, *, forward_skipped: bool, max_batch: int, faces: Optional[FaceAnalyzer] = None) -> None:
         self.engine = engine
+        self.faces = faces  # per-face windows (faces.enabled), fed from the same frames
         self.sampler = sampler
         self.queue = queue
         self.window = window
@@ -74,7 +76,9 @@ class VideoBranch:
 
     async def _encode(self, batch: list[tuple[VideoFrame, bool]]) -> None:
         frames = [f for f, keep in batch if keep]
-        feats = await asyncio.gather(*(self.engine.encode_frame(f.image) for f in frames))
+        # Face crops (after detection) are encoded together with the frames: one set of CLIP batches.
+        face_jobs = await self.faces.prepare(frames) if self.faces is not None else ()
+        feats = await asyncio.gather(*(self.engine.encode_frame(f.image) for f in frames), *face_jobs)
         for f, feat in zip(frames, feats):
             self.window.add(f.t, feat, f.wall)
             self.frames_processed += 1

@@ -13,6 +13,7 @@ from models.sampling import FrameSampler
 
 from ..asr import StreamingTranscriber
 from ..events import make_event
+from ..faces import FaceAnalyzer
 from ..metrics import LatencyStats
 from ..runtime import Runtime
 from ..sources import AudioChunk, MediaItem, VideoFrame
@@ -39,10 +40,13 @@ class StreamSession:
         self.transcript = TranscriptWindow(cfg.window.seconds)
         self.video: Optional[VideoBranch] = None
         self.audio: Optional[AudioBranch] = None
+        self.faces: Optional[FaceAnalyzer] = None
         if has_video:
+            if cfg.faces.enabled:
+                self.faces = FaceAnalyzer(cfg.faces, runtime.engine, cfg.window.seconds, cfg.window.max_frames, self.stats)
             self.video = VideoBranch(runtime.engine, FrameSampler(cfg.sampler.fps), self.timing.video_queue(), self.frames,
                                      self.progress, forward_skipped=self.timing.forward_skipped_frames,
-                                     max_batch=cfg.engine.max_batch)
+                                     max_batch=cfg.engine.max_batch, faces=self.faces)
         self.has_video = has_video
         self.has_audio = has_audio and cfg.asr.enabled and runtime.whisper is not None
         if self.has_audio:
@@ -118,7 +122,13 @@ class StreamSession:
         text, n_words = self.transcript.text(end)
         window = WindowInput(snap.features, snap.ages, text, n_words)
         tick = time.perf_counter()
-        est = await self.rt.engine.estimate(window, self.cfg.window.max_text_tokens)
+        if self.faces is None:
+            est = await self.rt.engine.estimate(window, self.cfg.window.max_text_tokens)
+        else:
+            views = self.faces.views(end, text, n_words)
+            # Every face's window goes to fusion with the whole frame's: one batch, same transcript.
+            est, *face_ests = await asyncio.gather(*(self.rt.engine.estimate(w, self.cfg.window.max_text_tokens)
+                                                     for w in (window, *(v.window for v in views))))
         now = time.perf_counter()
         for entry in snap.entries:
             if not entry.seen:
@@ -127,6 +137,8 @@ class StreamSession:
         newest = max((e.wall for e in snap.entries), default=tick)
         event = make_event("sentiment", self.name, end, **est.to_event_fields(), weights=self.rt.engine.weights,
                            latency_ms=round((now - newest) * 1000.0, 2))
+        if self.faces is not None:
+            event["faces"] = self.faces.event_fields(views, face_ests)
         self.estimates += 1
         self.last_estimate = event
         self.emit_event(event)
@@ -151,6 +163,8 @@ class StreamSession:
                 task.cancel()
             await asyncio.gather(*tasks, clock, return_exceptions=True)
             self.rt.stats.merge(self.stats)
+            if self.faces is not None:
+                self.faces.close()
         return self.summary()
 
     def summary(self) -> dict:

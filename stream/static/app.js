@@ -15,6 +15,8 @@ let points = [];              // {t, score, label}
 let finals = [];
 let finalEnd = -Infinity;
 let estimates = 0;
+const MAX_PEOPLE = 16;        // people rows kept (the longest gone are dropped first)
+const people = new Map();     // face id -> {points: [{t, score, label}], row, text, canvas, lastT}
 
 // The token may be given as #token=T (not sent to servers or logs) or ?token=T.
 function token() {
@@ -173,6 +175,53 @@ function onSentiment(ev) {
   points.push({ t: ev.t, score: ev.score, label: ev.label });
   if (points.length > MAX_POINTS) points = points.slice(-MAX_POINTS / 2);
   drawTimeline();
+  if (Array.isArray(ev.faces)) onFaces(ev.t, ev.faces);
+}
+
+// People: one row per tracked face id with its label/score and a small rolling timeline.
+function onFaces(t, faces) {
+  $("people-card").hidden = false;
+  for (const f of faces) {
+    let p = people.get(f.id);
+    if (!p) {
+      const row = document.createElement("li");
+      const text = document.createElement("b");
+      const canvas = document.createElement("canvas");
+      row.append(text, canvas);
+      $("people").append(row);
+      p = { points: [], row, text, canvas, lastT: t };
+      people.set(f.id, p);
+    }
+    p.lastT = t;
+    p.points.push({ t, score: f.score, label: f.label });
+    if (p.points.length > MAX_POINTS / 4) p.points = p.points.slice(-MAX_POINTS / 8);
+    p.text.textContent = `#${f.id} ${f.label} ${(f.score >= 0 ? "+" : "") + fmt(f.score, 2)}`;
+    p.text.style.color = COLORS[f.label] || "";
+  }
+  const inView = new Set(faces.map((f) => f.id));
+  for (const [id, p] of people) {
+    p.row.classList.toggle("gone", !inView.has(id));
+    if (t - p.lastT > TIMELINE_SECONDS) { p.row.remove(); people.delete(id); }
+  }
+  while (people.size > MAX_PEOPLE) {
+    const [oldest] = [...people.entries()].sort((a, b) => a[1].lastT - b[1].lastT)[0];
+    people.get(oldest).row.remove(); people.delete(oldest);
+  }
+  for (const p of people.values()) drawSpark(p.canvas, p.points, t);
+}
+
+function drawSpark(canvas, pts, now) {
+  const ratio = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth || 160, h = canvas.clientHeight || 28;
+  if (canvas.width !== Math.round(w * ratio)) { canvas.width = Math.round(w * ratio); canvas.height = Math.round(h * ratio); }
+  const g = canvas.getContext("2d");
+  g.setTransform(ratio, 0, 0, ratio, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const t0 = now - TIMELINE_SECONDS;
+  const x = (t) => ((t - t0) / TIMELINE_SECONDS) * w, y = (s) => (1 - (s + 1) / 2) * (h - 2) + 1;
+  g.strokeStyle = "#2c323c"; g.beginPath(); g.moveTo(0, y(0)); g.lineTo(w, y(0)); g.stroke();
+  const visible = pts.filter((p) => p.t >= t0);
+  for (const p of visible) { g.fillStyle = COLORS[p.label] || "#aaaaaa"; g.fillRect(x(p.t) - 1, y(p.score) - 1, 2.5, 2.5); }
 }
 
 function onTranscript(ev) {

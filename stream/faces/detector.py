@@ -1,0 +1,34 @@
+"""Face detection: OpenCV's Haar cascade `haarcascade_frontalface_alt2` (its weights ship in the
+opencv wheel, nothing is downloaded). Chosen over the default cascade, MTCNN (facenet-pytorch: pins
+torch < 2.3) and BlazeFace (mediapipe 1.x ships no model file and pulls opencv 5): see
+docs/benchmarks.md and scripts/bench_face_detectors.py."""
+from __future__ import annotations
+
+import numpy as np
+
+CASCADE = "haarcascade_frontalface_alt2.xml"
+
+
+class HaarFaceDetector:
+    """RGB frame -> face boxes (n, 4) as x, y, w, h in the frame's pixels, largest first.
+
+    One instance per stream: a CascadeClassifier is not meant to be shared across threads."""
+
+    def __init__(self, min_size_px: int, scale_factor: float = 1.1, min_neighbors: int = 5) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self._cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV could not load {CASCADE} from {cv2.data.haarcascades}")
+        self.min_size_px = min_size_px
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+
+    def detect(self, image_rgb: np.ndarray) -> np.ndarray:
+        cv2 = self._cv2
+        gray = cv2.equalizeHist(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY))
+        m = self.min_size_px
+        found = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m))
+        boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4)
+        return boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
