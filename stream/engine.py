@@ -31,7 +31,7 @@ def compile_model(model: SentimentModel) -> None:
     "reduce-overhead" mode captures CUDA graphs; shapes vary with the batch size, so the first
     batches of each size pay a compile (dynamic=True keeps that to a few)."""
     mode = "reduce-overhead" if model.device.type == "cuda" else None
-    model.backbone.clip.visual = torch.compile(model.backbone.clip.visual, mode=mode, dynamic=True)
+    model.backbone.compile_image_tower(mode)
     model.fusion = torch.compile(model.fusion, mode=mode, dynamic=True)  # type: ignore[assignment]
 
 
