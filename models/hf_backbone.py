@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 import torch
 
-from .backbone import RANDOM, Backbone, ImagePreprocess, TextTokenizer, _hub_offline, _hub_reachable
 from .config import VisionConfig
 from .errors import UserError, WeightsUnavailable, one_line
+from .towers import RANDOM, Backbone, ImagePreprocess, TextTokenizer, _hub_offline, _hub_reachable
 
 log = logging.getLogger(__name__)
 
