@@ -238,3 +238,18 @@ def test_train_on_the_synthetic_task_with_a_transformers_tower(family, towers, t
     assert feature_cache.cache_root().is_dir()
     valid = meta.get("valid") or meta.get("best", {})
     assert valid  # the run wrote its validation metrics
+
+
+def test_engine_text_cache_follows_the_tower_and_the_token_budget(towers, tiny_cfg):
+    from models.factory import build_model
+    from stream.engine import TextStateCache
+
+    model = build_model(hf_cfg(towers["siglip"]))
+    cache = TextStateCache(capacity=8)
+    text = "love great wonderful happy excellent amazing fantastic delightful"
+    full = cache.encode(model, [text, text], 75, None)
+    assert cache.misses == 1 and cache.hits == 1  # one encode for the repeated text
+    assert full.states.shape == (2, SIGLIP_CONTEXT, 64) and full.pooled_index.tolist() == [SIGLIP_CONTEXT - 1] * 2
+    short = cache.encode(model, [text], 3, None)
+    assert cache.misses == 2  # another budget is another entry, not the cached full-length states
+    assert int(short.mask[0].sum()) == 3 + 1 + 1 < int(full.mask[0].sum())  # 3 ids + </s> + the pooling position
