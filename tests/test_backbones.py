@@ -253,3 +253,26 @@ def test_engine_text_cache_follows_the_tower_and_the_token_budget(towers, tiny_c
     short = cache.encode(model, [text], 3, None)
     assert cache.misses == 2  # another budget is another entry, not the cached full-length states
     assert int(short.mask[0].sum()) == 3 + 1 + 1 < int(full.mask[0].sum())  # 3 ids + </s> + the pooling position
+
+
+# ---------------------------------------------------------------------------------- the benchmark
+def _bench(tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / "presets.json"
+    res = subprocess.run([sys.executable, "scripts/bench_presets.py", "--presets", "tiny-test", "--seconds", "0.2", "--json", str(out), *extra],
+                         capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.with_suffix(".md").read_text().count("| tiny-test |") == (2 if "--full" in extra else 1)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow  # a fresh interpreter per preset (~1 min on a busy 2-core host)
+def test_bench_presets_measures_a_preset(tmp_path):
+    (row,) = _bench(tmp_path)["towers"]
+    assert row["model"] == "sentistream-tiny-test" and row["embed_dim"] == 64
+    assert row["image_ms_per_frame_b1"] > 0 and row["image_ms_per_frame_b4"] > 0 and row["text_ms"] > 0 and row["peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_bench_presets_full_profiles_the_pipeline(tmp_path):
+    pipe = _bench(tmp_path, "--full")["pipeline"]["tiny-test"]
+    assert pipe["file"]["realtime_factor"] > 0 and pipe["paced"]["frame_to_estimate_p95_ms"] > 0
