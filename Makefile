@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu demo test test-fast lint apt bench bench-gpu clean
+.PHONY: install install-gpu demo test test-fast lint apt bench bench-gpu bench-presets clean
 
 install: $(STAMP)
 
@@ -65,6 +65,9 @@ bench: install apt
 
 bench-gpu: install-gpu
 	$(PY) scripts/bench.py --cuda --json docs/bench-gpu.json
+
+bench-presets: install apt
+	$(PY) scripts/bench_presets.py --full --json docs/bench-presets-full.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache demo-events.jsonl demo-overlay.mp4

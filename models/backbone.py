@@ -1,32 +1,35 @@
-"""CLIP backbone factory and the two feature paths the fusion model needs.
+"""Backbone factory and the two feature paths the fusion model needs.
 
-`create_backbone` maps (name, pretrained) to a frozen open_clip model, the way open_clip's own
-factory does: a hub tag, a local checkpoint file or directory, or the literal ``random``
-(explicit opt-in: same architecture and compute, random weights).
+`create_backbone` maps (name, pretrained) to a frozen image + text tower pair behind one interface
+(`Backbone`: image embeddings, token-level text states + mask + pooling index, tokenizer, logit
+scale / bias). open_clip models (`ClipBackbone`) the way open_clip's own factory does: a hub tag,
+a local checkpoint file or directory, or the literal ``random`` (explicit opt-in: same
+architecture and compute, random weights). `vision.model: hf:<dir or hub id>` (or a local
+transformers directory) loads a transformers CLIPModel / SiglipModel instead (`models.hf_backbone`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import socket
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
-import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 
 from .config import VisionConfig
 from .errors import UserError, WeightsUnavailable, one_line
+from .towers import RANDOM, Backbone, ImagePreprocess, TextStates, TextTokenizer, _hub_offline, _hub_reachable
+
+# The interface lives in models.towers (shared with models.hf_backbone); re-exported for callers of this module.
+__all__ = ["RANDOM", "Backbone", "ClipBackbone", "ImagePreprocess", "TextStates", "TextTokenizer", "create_backbone",
+           "hf_checkpoint", "resolve_device", "resolve_dtype", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
-RANDOM = "random"
 _register_lock = threading.Lock()
 
 
@@ -119,148 +122,136 @@ def _create(cfg: VisionConfig, device: torch.device) -> tuple[torch.nn.Module, s
     return model, "pretrained"
 
 
-def _hub_reachable(host: str = "huggingface.co") -> bool:
-    """DNS only: fails at once offline, where the hub client would retry for half a minute."""
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
+def _reparameterize(visual: torch.nn.Module) -> int:
+    """Fold train-time branches (MobileOne / FastViT blocks of MobileCLIP towers) into single convs,
+    in place, as the towers are meant to run at inference; returns how many blocks were folded."""
+    folded = sum(1 for m in visual.modules() if hasattr(m, "reparameterize") or hasattr(m, "switch_to_deploy"))
+    if folded:
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(visual, inplace=True)
+    return folded
 
 
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Offline mode for the hub client: a cached copy still loads, a missing one fails fast."""
-    if not offline:
-        yield
-        return
-    import huggingface_hub.constants as hf_constants
+class ClipBackbone(Backbone):
+    """A frozen open_clip model (CLIP, SigLIP, MobileCLIP: any with an open_clip text transformer)."""
 
-    before = hf_constants.HF_HUB_OFFLINE
-    hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = before
-
-
-@dataclass
-class TextStates:
-    """Token-level CLIP text states in the joint embedding space, with a validity mask."""
-
-    states: torch.Tensor  # (B, T, d), projected with the CLIP text projection
-    mask: torch.Tensor  # (B, T) bool, True = real token (SOT..EOT)
-    pooled_index: torch.Tensor  # (B,) index of EOT: CLIP's own pooling position
-
-
-class ClipBackbone(torch.nn.Module):
-    """A frozen open_clip CLIP with tensor-only preprocessing on its device."""
-
-    def __init__(self, clip: torch.nn.Module, tokenizer: Any, device: torch.device, dtype: torch.dtype, weights: str):
-        super().__init__()
+    def __init__(self, clip: torch.nn.Module, tokenizer: TextTokenizer, preprocess: ImagePreprocess, device: torch.device,
+                 dtype: torch.dtype, weights: str, name: str = ""):
+        text = getattr(clip, "text", clip)  # CustomTextCLIP keeps its text tower apart
+        proj = text.text_projection
+        embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else proj.out_features
+        bias = getattr(clip, "logit_bias", None)
+        super().__init__(name, preprocess, tokenizer, embed_dim, float(clip.logit_scale.exp().item()),
+                         None if bias is None else float(bias.item()), device, dtype, weights)
         self.clip = clip.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.device = device
-        self.dtype = dtype
-        self.weights = weights
-        pp = open_clip.get_model_preprocess_cfg(clip)
-        size = pp.get("size", 224)
-        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
-        self.register_buffer("mean", torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1))
-        self.context_length = int(getattr(clip, "context_length", 77))
-        self.embed_dim = int(clip.text_projection.shape[1]) if isinstance(clip.text_projection, torch.Tensor) else int(clip.text_projection.out_features)
-        self.sot = int(tokenizer.sot_token_id)
-        self.eot = int(tokenizer.eot_token_id)
-        # The two towers' forward passes: torch by default; `vision.backend: onnx` swaps in ONNX
-        # Runtime sessions of the same graphs (models/onnx_backend.py). Preprocessing, tokenising,
-        # masks and the prompt embeddings stay here either way.
-        self.backend = "torch"
-        self.image_tower: Callable[[torch.Tensor], torch.Tensor] = self.clip.encode_image
-        self.text_tower: Callable[[torch.Tensor], torch.Tensor] = self.text_states
+        self.reparameterized = _reparameterize(self.clip.visual)
+        self._text = text
         self.to(device)
         if dtype != torch.float32:
             self.clip.to(dtype)
 
-    # ---------- images ----------
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) RGB -> normalised (B, 3, S, S): resize shorter side, centre crop, all tensor ops."""
-        x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        h, w = x.shape[-2:]
-        th, tw = self.image_size
-        scale = max(th / h, tw / w)
-        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (nh - th) // 2, (nw - tw) // 2
-        x = x[:, :, top : top + th, left : left + tw]
-        return ((x - self.mean) / self.std).to(self.dtype)
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(pixels)
 
-    @staticmethod
-    def _as_batch(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
-        return t.unsqueeze(0) if t.ndim == 3 else t
+    def compile_image_tower(self, mode: Optional[str]) -> None:
+        self.clip.visual = torch.compile(self.clip.visual, mode=mode, dynamic=True)
 
-    @torch.inference_mode()
-    def encode_images(self, frames: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """Pooled, projected (not normalised) image embeddings (B, d), float32, on the model's device.
-        Takes a uint8 batch (B, H, W, 3) / one frame (H, W, 3), or a list of frames of any sizes
-        (live streams differ): each is resized on the device, then one forward pass for all."""
-        if isinstance(frames, (list, tuple)):
-            batch = torch.cat([self.preprocess(self._as_batch(f)) for f in frames])
-        else:
-            batch = self.preprocess(self._as_batch(frames))
-        return self.image_tower(batch).float()
-
-    # ---------- text ----------
-    def tokenize(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> torch.Tensor:
-        """CLIP tokens; long texts keep their *latest* words (what was said last matters most live)."""
-        limit = min(max_tokens or self.context_length - 2, self.context_length - 2)
-        rows = torch.zeros(len(texts), self.context_length, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = self.tokenizer.encode(text)[-limit:] if text else []
-            seq = [self.sot, *ids, self.eot]
-            rows[i, : len(seq)] = torch.tensor(seq)
-        return rows
-
-    def text_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The text tower in torch: tokens (B, T) -> projected token states (B, T, d), model dtype."""
-        clip = self.clip
-        cast = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding.to(cast)
-        x = clip.transformer(x, attn_mask=clip.attn_mask)
-        x = clip.ln_final(x)
-        proj = clip.text_projection
+    def _text_token_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        t = self._text
+        if hasattr(t, "_embeds"):  # open_clip TextTransformer: embeddings + causal / padding mask
+            x, attn_mask = t._embeds(tokens)
+        else:  # the built-in tower of open_clip.CLIP
+            cast = t.transformer.get_cast_dtype()
+            x = t.token_embedding(tokens).to(cast) + t.positional_embedding.to(cast)
+            attn_mask = t.attn_mask
+        x = t.ln_final(t.transformer(x, attn_mask=attn_mask))
+        proj = t.text_projection
         return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
 
-    @torch.inference_mode()
-    def encode_text_tokens(self, tokens: torch.Tensor) -> TextStates:
-        tokens = tokens.to(self.device)
-        x = self.text_tower(tokens)
-        eot_index = (tokens == self.eot).int().argmax(dim=-1)
-        positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
-        mask = positions <= eot_index.unsqueeze(1)
-        return TextStates(states=x.float(), mask=mask, pooled_index=eot_index)
 
-    def encode_texts(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> TextStates:
-        return self.encode_text_tokens(self.tokenize(texts, max_tokens))
+def _open_clip_text_tokenizer(cfg: VisionConfig, clip: torch.nn.Module, weights: str) -> TextTokenizer:
+    text = getattr(clip, "text", clip)
+    if not hasattr(text, "token_embedding") or getattr(text, "cls_emb", None) is not None:
+        raise UserError(f"CLIP model '{cfg.model}' has a text tower sentistream cannot read token states from "
+                        f"(it needs an open_clip text transformer); choose another model or a transformers checkpoint (hf:...)")
+    pool = {"argmax": "eot", "eos": "eot"}.get(getattr(text, "pool_type", getattr(clip, "text_pool_type", "argmax")))
+    pool = pool or getattr(text, "pool_type", "argmax")
+    context = int(getattr(text, "context_length", None) or getattr(clip, "context_length", 77))
+    if cfg.arch is not None:
+        return TextTokenizer.clip_bpe(open_clip.SimpleTokenizer(), context, pool)
+    try:
+        with _hub_offline(not _hub_reachable()):
+            tok = open_clip.get_tokenizer(cfg.model, cache_dir=cfg.cache_dir)
+    except Exception as exc:  # the hub tokenizers (SigLIP's) are downloaded on first use
+        if weights != RANDOM:
+            raise WeightsUnavailable(f"the tokenizer of '{cfg.model}' could not be loaded ({one_line(exc, 100)}): "
+                                     f"go online once so it is cached") from None
+        # Random weights are for latency work: any ids inside the vocabulary cost the same.
+        log.warning("tokenizer of %s not cached: random weights, so the bundled CLIP BPE stands in (same compute)", cfg.model)
+        return TextTokenizer.clip_bpe(open_clip.SimpleTokenizer(), context, pool)
+    if isinstance(tok, open_clip.SimpleTokenizer):
+        return TextTokenizer.clip_bpe(tok, context, pool)
+    return TextTokenizer.hf(tok.tokenizer, context, pool, getattr(tok, "clean_fn", None))
 
-    @torch.inference_mode()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP's pooled text embedding (B, d), float32: used for the zero-shot heads."""
-        return self.clip.encode_text(self.tokenize(prompts).to(self.device)).float()
+
+def _open_clip_preprocess(cfg: VisionConfig, clip: torch.nn.Module) -> ImagePreprocess:
+    pp = dict(open_clip.get_model_preprocess_cfg(clip))
+    if cfg.pretrained == RANDOM and cfg.arch is None:
+        # Random weights carry no preprocess config: take the tower's published one (same normalisation).
+        tags = open_clip.list_pretrained_tags_by_model(cfg.model)
+        if tags:
+            published = open_clip.get_pretrained_cfg(cfg.model, tags[0])
+            pp.update({k: published[k] for k in ("mean", "std", "resize_mode") if k in published})
+    return ImagePreprocess.of(pp.get("size", 224), pp.get("mean", open_clip.OPENAI_DATASET_MEAN),
+                              pp.get("std", open_clip.OPENAI_DATASET_STD), pp.get("resize_mode"))
 
 
-def create_backbone(cfg: VisionConfig) -> ClipBackbone:
+def create_backbone(cfg: VisionConfig) -> Backbone:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.precision, device)
     if dtype != torch.float32 and device.type == "cpu":
         raise UserError(f"vision.precision={cfg.precision} is for GPUs; use fp32 or auto on the CPU")
+    hf_source = hf_checkpoint(cfg)
+    if hf_source is not None:
+        from .hf_backbone import create_hf_backbone  # transformers is imported only for these
+
+        return create_hf_backbone(hf_source, cfg, device, dtype)
     with _open_clip_logs_filtered():
         clip, weights = _create(cfg, device)
-    if not hasattr(clip, "token_embedding"):
-        raise UserError(f"CLIP model '{cfg.model}' has a custom text tower; sentistream needs an open_clip CLIP with a built-in text transformer")
-    tokenizer = open_clip.get_tokenizer(cfg.model) if cfg.arch is None else open_clip.SimpleTokenizer()
-    if not hasattr(tokenizer, "encode"):
-        raise UserError(f"CLIP model '{cfg.model}' uses a non-CLIP tokenizer; choose a model with the CLIP BPE tokenizer")
-    log.info("CLIP %s (%s weights) on %s/%s", cfg.model, weights, device, dtype)
-    return ClipBackbone(clip, tokenizer, device, dtype, weights)
+    tokenizer = _open_clip_text_tokenizer(cfg, clip, weights)
+    backbone = ClipBackbone(clip, tokenizer, _open_clip_preprocess(cfg, clip), device, dtype, weights, cfg.model)
+    log.info("CLIP %s (%s weights) on %s/%s%s", cfg.model, weights, device, dtype,
+             f", {backbone.reparameterized} blocks reparameterised" if backbone.reparameterized else "")
+    return backbone
+
+
+HF_PREFIX = "hf:"
+
+
+def hf_checkpoint(cfg: VisionConfig) -> Optional[str]:
+    """The transformers checkpoint `vision.model` names (`hf:<dir or hub id>`, or a local directory
+    holding a transformers config.json), else None (an open_clip model)."""
+    if cfg.model.startswith(HF_PREFIX):
+        source = cfg.model[len(HF_PREFIX):].strip()
+        if not source:
+            raise UserError("vision.model=hf: needs a directory or hub id after 'hf:' (e.g. hf:openai/clip-vit-base-patch32)")
+        return source
+    local = Path(cfg.model).expanduser()
+    if local.is_dir() and (local / "config.json").is_file() and not (local / "open_clip_config.json").is_file():
+        return str(local)
+    return None
+
+
+def weights_fingerprint(cfg: VisionConfig) -> list[list[Any]]:
+    """(name, size, mtime) of the local files the weights come from (a transformers directory, a
+    local checkpoint file or directory): what a cache keyed on the config must also follow, since a
+    path can be re-saved with other weights. Empty for hub names, tags and `random`."""
+    paths = [Path(p).expanduser() for p in ((hf_checkpoint(cfg) or ""), cfg.pretrained) if p and p != RANDOM]
+    rows: list[list[Any]] = []
+    for path in paths:
+        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        for f in files:
+            st = f.stat()
+            rows.append([str(f), st.st_size, st.st_mtime_ns])
+    return rows

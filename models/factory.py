@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .backbone import ClipBackbone, create_backbone
+from .backbone import Backbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .fusion import ClipCaMsa
@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SentimentModel:
-    backbone: ClipBackbone
+    backbone: Backbone
     fusion: ClipCaMsa
-    weights: str  # "pretrained" | "random": what the CLIP backbone carries
+    weights: str  # "pretrained" | "random": what the backbone carries
     checkpoint: Optional[str] = None
 
     @property
@@ -29,8 +29,8 @@ class SentimentModel:
         return self.backbone.device
 
 
-def prompt_embeddings(backbone: ClipBackbone) -> torch.Tensor:
-    """(3, d): the mean normalised CLIP text embedding of each class's prompts."""
+def prompt_embeddings(backbone: Backbone) -> torch.Tensor:
+    """(3, d): the mean normalised text embedding (the tower's own pooling) of each class's prompts."""
     rows = []
     for label in LABELS:
         emb = torch.nn.functional.normalize(backbone.encode_prompts(PROMPTS[label]), dim=-1)
@@ -40,27 +40,35 @@ def prompt_embeddings(backbone: ClipBackbone) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ZeroShot:
-    """What a new fusion model starts from (heads = CLIP zero-shot): the backbone's width, its
-    prompt embeddings and logit scale. From a live backbone, or from cached training features."""
+    """What a new fusion model starts from (heads = the tower's zero-shot classifier): the
+    backbone's width, its prompt embeddings, logit scale and logit bias. From a live backbone, or
+    from cached training features.
+
+    SigLIP towers score a pair with sigmoid(scale * cos + bias). The heads keep that logit (the
+    bias goes into every class's head bias) but classify with a softmax over the three classes,
+    like every head here: the classes are exclusive and the uncertainty fusion needs a
+    distribution. A bias shared by all classes cancels in the softmax, so the zero-shot class
+    probabilities are softmax(scale * cos) for CLIP and SigLIP alike; the bias only keeps each
+    logit equal to the tower's own pair logit (sigmoid(logit) = SigLIP's match probability)."""
 
     embed_dim: int
     prompts: torch.Tensor  # (3, d)
     logit_scale: float
+    logit_bias: float = 0.0
 
     @classmethod
-    def of(cls, backbone: ClipBackbone) -> "ZeroShot":
-        scale = float(backbone.clip.logit_scale.exp().item())
-        return cls(backbone.embed_dim, prompt_embeddings(backbone).cpu(), scale)
+    def of(cls, backbone: Backbone) -> "ZeroShot":
+        return cls(backbone.embed_dim, prompt_embeddings(backbone).cpu(), backbone.logit_scale, backbone.logit_bias or 0.0)
 
 
-def build_fusion(zero_shot: ZeroShot | ClipBackbone, cfg: ModelConfig) -> ClipCaMsa:
+def build_fusion(zero_shot: ZeroShot | Backbone, cfg: ModelConfig) -> ClipCaMsa:
     """The one constructor of the fusion model (on the backbone's device in eval mode when given one)."""
     init = zero_shot if isinstance(zero_shot, ZeroShot) else ZeroShot.of(zero_shot)
-    fusion = ClipCaMsa(init.embed_dim, cfg.model, init.prompts, init.logit_scale)
-    return fusion.to(zero_shot.device).eval() if isinstance(zero_shot, ClipBackbone) else fusion
+    fusion = ClipCaMsa(init.embed_dim, cfg.model, init.prompts, init.logit_scale, init.logit_bias)
+    return fusion.to(zero_shot.device).eval() if isinstance(zero_shot, Backbone) else fusion
 
 
-def build_model(cfg: ModelConfig, backbone: Optional[ClipBackbone] = None) -> SentimentModel:
+def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
     if cfg.vision.backend == "onnx" and backbone.backend != "onnx":
         use_onnx(backbone, cfg.vision)

@@ -28,7 +28,7 @@ class FusionInputs:
     image_age: torch.Tensor  # (B, Tv) seconds between the frame and the window end
     text: torch.Tensor  # (B, Tw, d) CLIP text token states
     text_mask: torch.Tensor  # (B, Tw) bool, all False when there is no transcript
-    text_pool: torch.Tensor  # (B,) index of the EOT token (CLIP's pooling position)
+    text_pool: torch.Tensor  # (B,) the text tower's pooling position (CLIP: EOT, SigLIP: last)
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ClipCaMsa(nn.Module):
     """The fusion model on top of frozen CLIP features."""
 
-    def __init__(self, dim: int, cfg: FusionConfig, prompt_embeddings: torch.Tensor, logit_scale: float):
+    def __init__(self, dim: int, cfg: FusionConfig, prompt_embeddings: torch.Tensor, logit_scale: float, logit_bias: float = 0.0):
         super().__init__()
         if dim % cfg.heads:
             fits = [h for h in range(1, min(dim, 64) + 1) if dim % h == 0]
@@ -118,17 +118,18 @@ class ClipCaMsa(nn.Module):
         self.text_head = nn.Linear(dim, len(LABELS))
         self.fused_head = nn.Linear(2 * dim, len(LABELS))
         self.log_vars = nn.Parameter(torch.zeros(len(HEADS)))  # s_m = log sigma_m^2
-        self.init_zero_shot(prompt_embeddings, logit_scale)
+        self.init_zero_shot(prompt_embeddings, logit_scale, logit_bias)
 
     @torch.no_grad()
-    def init_zero_shot(self, prompt_embeddings: torch.Tensor, logit_scale: float) -> None:
-        """Head weights = scaled, normalised prompt embeddings: logits are CLIP zero-shot logits."""
+    def init_zero_shot(self, prompt_embeddings: torch.Tensor, logit_scale: float, logit_bias: float = 0.0) -> None:
+        """Head weights = scaled, normalised prompt embeddings, biases = the tower's logit bias
+        (SigLIP; 0 for CLIP): logits are the tower's zero-shot pair logits (see factory.ZeroShot)."""
         p = F.normalize(prompt_embeddings.float(), dim=-1) * logit_scale
         self.image_head.weight.copy_(p)
         self.text_head.weight.copy_(p)
         self.fused_head.weight.copy_(torch.cat([p, p], dim=1) / 2)
         for head in (self.image_head, self.text_head, self.fused_head):
-            head.bias.zero_()
+            head.bias.fill_(logit_bias)
 
     def forward(self, x: FusionInputs) -> FusionOutput:
         v, v_mask, w, w_mask = x.image, x.image_mask, x.text, x.text_mask

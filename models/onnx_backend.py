@@ -79,7 +79,7 @@ class _ImageTower(torch.nn.Module):
         self.clip = backbone.clip
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.clip.encode_image(pixels)
+        return self.clip.encode_image(pixels)  # the torch graph, whatever tower the backbone runs now
 
 
 class _TextTower(torch.nn.Module):
@@ -88,7 +88,7 @@ class _TextTower(torch.nn.Module):
         self.backbone = backbone
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone.text_states(tokens)
+        return self.backbone._text_token_states(tokens)  # the torch graph, not the swapped-in tower
 
 
 def _example(backbone: ClipBackbone, tower: str) -> torch.Tensor:
@@ -178,6 +178,9 @@ class OrtTower:
 
 def use_onnx(backbone: ClipBackbone, cfg: VisionConfig, threads: int | None = None, root: Path | None = None) -> dict[str, Any]:
     """Swap the backbone's towers for ONNX Runtime sessions. Returns what was chosen (providers, graphs)."""
+    if not isinstance(backbone, ClipBackbone):
+        raise UserError(f"vision.backend=onnx exports open_clip towers only; '{cfg.model}' is a transformers checkpoint: "
+                        f"use vision.backend=torch")
     try:
         import onnxruntime as ort
     except ImportError:

@@ -31,37 +31,40 @@ def compile_model(model: SentimentModel) -> None:
     "reduce-overhead" mode captures CUDA graphs; shapes vary with the batch size, so the first
     batches of each size pay a compile (dynamic=True keeps that to a few)."""
     mode = "reduce-overhead" if model.device.type == "cuda" else None
-    model.backbone.clip.visual = torch.compile(model.backbone.clip.visual, mode=mode, dynamic=True)
+    model.backbone.compile_image_tower(mode)
     model.fusion = torch.compile(model.fusion, mode=mode, dynamic=True)  # type: ignore[assignment]
 
 
 class TextStateCache:
-    """LRU cache of encoded transcript texts: the window text changes only when words arrive."""
+    """LRU cache of encoded transcript texts: the window text changes only when words arrive.
+    Keyed by (text, token budget): the states depend on both. The cache belongs to one engine,
+    hence one backbone, so width, tokenizer and pooling are that tower's."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._rows: collections.OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+        self._rows: collections.OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def encode(self, model: SentimentModel, texts: Sequence[str], max_tokens: int, stats: Optional[LatencyStats]) -> TextStates:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
-        self.hits += len(texts) - len(missing)
+        keys = [(t, max_tokens) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._rows))
+        self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        fresh: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        fresh: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         if missing:
             started = time.perf_counter()
-            enc = model.backbone.encode_texts(missing, max_tokens)
+            enc = model.backbone.encode_texts([t for t, _ in missing], max_tokens)
             if stats is not None:
                 stats.add("clip_text", time.perf_counter() - started)
-            for i, text in enumerate(missing):
-                fresh[text] = (enc.states[i], enc.mask[i], enc.pooled_index[i])
-        rows = [fresh.get(t) or self._rows[t] for t in texts]
-        for text, row in fresh.items():
-            self._rows[text] = row
-        for text in texts:
-            if text in self._rows:
-                self._rows.move_to_end(text)
+            for i, key in enumerate(missing):
+                fresh[key] = (enc.states[i], enc.mask[i], enc.pooled_index[i])
+        rows = [fresh.get(k) or self._rows[k] for k in keys]
+        for key, row in fresh.items():
+            self._rows[key] = row
+        for key in keys:
+            if key in self._rows:
+                self._rows.move_to_end(key)
         while len(self._rows) > self.capacity:
             self._rows.popitem(last=False)
         return TextStates(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]))

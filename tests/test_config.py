@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 CONFIGS = ROOT / "configs"
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "gpu.yaml", "tiny-test.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "edge.yaml", "quality.yaml", "gpu.yaml", "tiny-test.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(CONFIGS / name)
     assert isinstance(cfg, AppConfig)

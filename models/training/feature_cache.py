@@ -3,7 +3,7 @@
 The backbone is frozen, so every epoch would recompute identical CLIP features; caching them makes
 training a matter of seconds on a CPU. One safetensors file per data set holds, padded over samples:
 image features (N, Tv, d) + frame ages + mask, text token states (N, Tw, d) + mask + EOT index,
-and the zero-shot prompt embeddings / logit scale the fusion heads start from (so training and
+and the zero-shot prompt embeddings / logit scale / logit bias the fusion heads start from (so training and
 evaluation never need the backbone again once the cache exists).
 
 Video samples are framed like the live pipeline frames a stream: frames kept by the same
@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from tqdm import tqdm
 
-from ..backbone import ClipBackbone, create_backbone, resolve_device, resolve_dtype
+from ..backbone import Backbone, create_backbone, resolve_device, resolve_dtype, weights_fingerprint
 from ..config import ModelConfig
 from ..errors import UserError, one_line
 from ..factory import ZeroShot, prompt_embeddings
@@ -58,9 +58,10 @@ class FeatureSet:
     image_age: torch.Tensor  # (N, Tv) seconds before the clip end
     text: torch.Tensor  # (N, Tw, d) fp16
     text_mask: torch.Tensor  # (N, Tw) bool (all False for an empty text)
-    text_pool: torch.Tensor  # (N,) EOT index
+    text_pool: torch.Tensor  # (N,) the tower's pooling position
     prompt_embeddings: torch.Tensor  # (3, d)
     logit_scale: float
+    logit_bias: float = 0.0
 
     @property
     def embed_dim(self) -> int:
@@ -69,7 +70,7 @@ class FeatureSet:
     @property
     def zero_shot(self) -> ZeroShot:
         """What `models.factory.build_fusion` starts a fusion model from, as cached with the features."""
-        return ZeroShot(self.embed_dim, self.prompt_embeddings, self.logit_scale)
+        return ZeroShot(self.embed_dim, self.prompt_embeddings, self.logit_scale, self.logit_bias)
 
     def indices(self, split: str) -> torch.Tensor:
         return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
@@ -95,13 +96,15 @@ def cache_root() -> Path:
 
 
 def feature_key(cfg: ModelConfig, dataset: Dataset, dtype: torch.dtype) -> str:
-    """Hash of what the features depend on: backbone (name, weights, arch, precision), sampling
+    """Hash of what the features depend on: backbone (name, weights and the size / mtime of local
+    weight files, arch, precision), sampling
     parameters, and every sample's id, text and media file (path, size, mtime). Labels and splits
     are left out on purpose: relabelling must not force a re-extraction."""
     h = hashlib.sha256()
     spec = {
         "format": FORMAT,
-        "vision": {"model": cfg.vision.model, "pretrained": cfg.vision.pretrained, "arch": cfg.vision.arch, "dtype": str(dtype)},
+        "vision": {"model": cfg.vision.model, "pretrained": cfg.vision.pretrained, "arch": cfg.vision.arch, "dtype": str(dtype),
+                   "files": weights_fingerprint(cfg.vision)},
         "sampling": {"fps": cfg.sampler.fps, "frames_per_video": cfg.train.frames_per_video, "max_text_tokens": cfg.window.max_text_tokens},
     }
     h.update(json.dumps(spec, sort_keys=True).encode())
@@ -133,6 +136,7 @@ def _load_cache(path: Path, dataset: Dataset, key: str) -> Optional[FeatureSet]:
         image=tensors["image"], image_mask=tensors["image_mask"], image_age=tensors["image_age"],
         text=tensors["text"], text_mask=tensors["text_mask"], text_pool=tensors["text_pool"],
         prompt_embeddings=tensors["prompt_embeddings"], logit_scale=float(tensors["logit_scale"].item()),
+        logit_bias=float(tensors["logit_bias"].item()) if "logit_bias" in tensors else 0.0,
     )
 
 
@@ -200,7 +204,7 @@ def _sample_frames(sample: Sample, cfg: ModelConfig) -> tuple[np.ndarray, np.nda
 
 
 # ----------------------------------------------------------------------------------------- extract
-def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
+def _encode_images(backbone: Backbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     n, tv, d = len(dataset.samples), cfg.train.frames_per_video, backbone.embed_dim
     image = torch.zeros(n, tv, d, dtype=torch.float16)
     mask = torch.zeros(n, tv, dtype=torch.bool)
@@ -211,7 +215,7 @@ def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, p
         if not pending:
             return
         with torch.inference_mode():
-            emb = backbone.clip.encode_image(torch.cat([x for _, x in pending])).float().cpu()
+            emb = backbone.encode_pixels(torch.cat([x for _, x in pending])).cpu()
         row = 0
         for i, x in pending:
             image[i, : len(x)] = emb[row : row + len(x)].to(torch.float16)
@@ -233,11 +237,12 @@ def _encode_images(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, p
     return {"image": image, "image_mask": mask, "image_age": age}
 
 
-def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
+def _encode_texts(backbone: Backbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     texts = [s.text for s in dataset.samples]
     tokens = backbone.tokenize(texts, cfg.window.max_text_tokens)
-    pool = (tokens == backbone.eot).int().argmax(dim=-1)
-    tw = int(pool.max()) + 1  # trim padding beyond the longest text: smaller cache, faster attention
+    layout_mask, pool = backbone.tokenizer.layout(tokens)
+    # Trim padding beyond the last position any row uses: smaller cache, faster attention.
+    tw = int(torch.where(layout_mask, torch.arange(tokens.shape[1]), torch.zeros_like(tokens)).max()) + 1
     states = torch.zeros(len(texts), tw, backbone.embed_dim, dtype=torch.float16)
     mask = torch.zeros(len(texts), tw, dtype=torch.bool)
     for start in tqdm(range(0, len(texts), _TEXT_BATCH), desc="CLIP text features", unit="batch", disable=not progress):
@@ -249,7 +254,7 @@ def _encode_texts(backbone: ClipBackbone, dataset: Dataset, cfg: ModelConfig, pr
     return {"text": states, "text_mask": mask, "text_pool": pool.to(torch.int64)}
 
 
-def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[ClipBackbone] = None, progress: bool = True) -> FeatureSet:
+def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[Backbone] = None, progress: bool = True) -> FeatureSet:
     """Features of every sample: from the cache when it has them, else computed with the backbone
     (created only on a cache miss, so cached runs never load CLIP weights) and cached."""
     device = resolve_device(cfg.vision.device)
@@ -263,7 +268,8 @@ def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[Clip
     backbone = backbone or create_backbone(cfg.vision)
     tensors = {**_encode_images(backbone, dataset, cfg, progress), **_encode_texts(backbone, dataset, cfg, progress)}
     tensors["prompt_embeddings"] = prompt_embeddings(backbone).float().cpu()
-    tensors["logit_scale"] = backbone.clip.logit_scale.exp().detach().float().cpu().reshape(1)
+    tensors["logit_scale"] = torch.tensor([backbone.logit_scale], dtype=torch.float32)
+    tensors["logit_bias"] = torch.tensor([backbone.logit_bias or 0.0], dtype=torch.float32)
     meta = {"format": FORMAT, "ids": json.dumps([s.id for s in dataset.samples]), "data": str(dataset.path)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,5 +286,6 @@ def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[Clip
         splits=[s.split for s in dataset.samples],
         prompt_embeddings=tensors.pop("prompt_embeddings"),
         logit_scale=float(tensors.pop("logit_scale").item()),
+        logit_bias=float(tensors.pop("logit_bias").item()),
         **tensors,
     )
