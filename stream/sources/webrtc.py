@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from ..metrics import AUDIO_SECONDS, FRAMES_DROPPED, FRAMES_IN
 from .audio import AudioResampler
 from .base import SAMPLE_RATE, AudioChunk, VideoFrame
+from .policy import FramePolicy
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,17 @@ class ReceivedFrame:
     frame: VideoFrame  # what the pipeline analyses
     pts: Optional[int]  # the client's own timing, kept for the returned overlay track
     time_base: Any
+    decoded: Any = None  # the av.VideoFrame itself: the overlay track converts only the frames it relays
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-async def video_frames(track: MediaStreamTrack, clock: TrackClock,
-                       executor: Optional[concurrent.futures.Executor] = None) -> AsyncIterator[ReceivedFrame]:
-    """Frames of a remote video track until it ends; colour conversion runs on `executor`."""
+async def video_frames(track: MediaStreamTrack, clock: TrackClock, executor: Optional[concurrent.futures.Executor] = None,
+                       policy: Optional[FramePolicy] = None) -> AsyncIterator[ReceivedFrame]:
+    """Frames of a remote video track until it ends; colour conversion runs on `executor`.
+    With a `policy`, only frames its sampler keeps are converted (scaled to the model's size)."""
     loop = asyncio.get_running_loop()
     offset: Optional[float] = None
     try:
@@ -85,13 +88,22 @@ async def video_frames(track: MediaStreamTrack, clock: TrackClock,
             if skipped:
                 FRAMES_DROPPED.labels("decode_backlog").inc(skipped)
             wall = time.perf_counter()
-            rgb = await loop.run_in_executor(executor, _to_rgb, frame)
             since = clock.since_start(wall)
             media = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else since
             if offset is None:  # anchor the client's clock to the connection's media clock
                 offset = since - media
+            t = offset + media
+            keep: Optional[bool] = None
+            display = None
+            if policy is None:
+                image = await loop.run_in_executor(executor, _to_rgb, frame)
+            else:
+                keep = policy.keep(t)
+                image = None
+                if keep or policy.display:
+                    image, display = await loop.run_in_executor(executor, policy.pixels, frame, keep)
             FRAMES_IN.inc()
-            yield ReceivedFrame(VideoFrame(offset + media, rgb, wall), frame.pts, frame.time_base)
+            yield ReceivedFrame(VideoFrame(t, image, wall, keep, display), frame.pts, frame.time_base, frame)
     except MediaStreamError:
         return
 
