@@ -281,13 +281,15 @@ def bench_gpu_streams(base: dict[str, Any], video: Path, seconds: float, work: P
 
 # ------------------------------------------------------------------------------ webcam (issue 11)
 WEBCAM_SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
-# (case, clip, streams, paced, frame_policy): frame_policy False = every frame full-size RGB (before).
-WEBCAM_CASES = (
-    ("file 640x480, before", "640x480", 1, False, False),
-    ("file 640x480", "640x480", 1, False, True),
-    ("paced 2x 640x480", "640x480", 2, True, True),
-    ("paced 4x 640x480", "640x480", 4, True, True),
-    ("paced 1x 1280x720", "1280x720", 1, True, True),
+# (case, clip, streams, paced, frame_policy, overrides): frame_policy False = every frame full-size
+# RGB (before issue 11); the last case measures the CLIP text passes saved by partial_text_every.
+WEBCAM_CASES: tuple[tuple[str, str, int, bool, bool, tuple[str, ...]], ...] = (
+    ("file 640x480, before", "640x480", 1, False, False, ()),
+    ("file 640x480", "640x480", 1, False, True, ()),
+    ("paced 2x 640x480", "640x480", 2, True, True, ()),
+    ("paced 4x 640x480", "640x480", 4, True, True, ()),
+    ("paced 1x 1280x720", "1280x720", 1, True, True, ()),
+    ("paced 2x 640x480, partial text every hop", "640x480", 2, True, True, ("engine.partial_text_every=1",)),
 )
 
 
@@ -355,12 +357,18 @@ def _webcam_row(case: str, rep: dict[str, Any]) -> dict[str, Any]:
     lowest = [s["sampler_fps"]["lowest"] for s in rep["per_stream"] if s.get("sampler_fps")]
     return {"case": case, "streams": rep["streams"], "mode": rep["mode"], "realtime_factor": rep["realtime_factor"],
             "f2e_p50_ms": st["frame_to_estimate"]["p50_ms"], "f2e_p95_ms": st["frame_to_estimate"]["p95_ms"],
-            "lag_p95_ms": st["transcript_lag"]["p95_ms"], "estimates_per_s": rep["estimates_per_second"],
+            "lag_p95_ms": st["transcript_lag"]["p95_ms"],
+            # per stream, per second of media it was fed (paced: of wall time while live; excludes the
+            # model load and the ASR drain after the input ended, which `estimates_per_second` counts)
+            "estimates_per_s": round(sum(s["estimates"] for s in rep["per_stream"])
+                                     / max(1e-9, sum(s["media_seconds"] for s in rep["per_stream"])), 3),
             "frames_processed": rep["frames_processed"], "frames_dropped": rep["frames_dropped"],
             "frames_stale": rep.get("frames_stale"), "lowest_sampler_fps": min(lowest) if lowest else None,
             "clip_p95_ms": st["clip_image"]["p95_ms"], "clip_mean_batch": rep["batching"]["clip_image"]["mean_batch"],
             "fusion_p95_ms": st["fusion"]["p95_ms"], "decode_total_s": rep.get("decode_total_s"),
             "text_cache_misses": rep["text"]["cache_misses"], "text_updates": rep["text"]["updates"],
+            "partial_text_every": rep["text"]["partial_text_every"], "clip_text_count": st["clip_text"]["count"],
+            "clip_text_p50_ms": st["clip_text"]["p50_ms"],
             "drift_ratio": rep["drift_ratio"], "peak_rss_mb": rep["peak_rss_mb"], "wall_s": rep["wall_seconds"]}
 
 
@@ -371,15 +379,18 @@ def bench_webcam(base: dict[str, Any], clips: dict[str, Path], seconds: float, d
         print(f"  decode CPU {name} ...", file=sys.stderr, flush=True)
         out["decode"][name] = decode_cpu(clip, seconds)
     rows = []
-    for i, (case, clip, n, paced, policy) in enumerate(WEBCAM_CASES):
+    for i, (case, clip, n, paced, policy, extra) in enumerate(WEBCAM_CASES):
         print(f"  {case} ...", file=sys.stderr, flush=True)
         spec = base | {"source": str(clips[clip]), "streams": n, "realtime": paced, "duration": seconds,
-                       "engine": "shared", "frame_policy": policy, "out": str(work / f"webcam-{i}.json")}
+                       "engine": "shared", "frame_policy": policy, "out": str(work / f"webcam-{i}.json"),
+                       "overrides": [*base["overrides"], *extra]}
         rows.append(_webcam_row(case, run_worker(spec)))
     out["rows"] = rows
     by = {r["case"]: r for r in rows}
     out["decode_stage_ratio_before_over_after"] = _ratio(by["file 640x480, before"]["decode_total_s"],
                                                          by["file 640x480"]["decode_total_s"])
+    out["text_passes_every_hop_over_default"] = _ratio(by["paced 2x 640x480, partial text every hop"]["text_cache_misses"],
+                                                       by["paced 2x 640x480"]["text_cache_misses"])
     if drift_minutes > 0:
         long_clip = make_webcam_media_long(work, drift_minutes * 60.0)
         print(f"  paced 4x 640x480 for {drift_minutes:g} min ...", file=sys.stderr, flush=True)

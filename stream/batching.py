@@ -3,9 +3,11 @@ batches of up to `max_batch` items or `max_wait_ms`, run by a blocking batch fun
 Generic: the CLIP engine and batched Whisper both use it, and it needs neither torch nor Whisper.
 
 Three live-latency controls, all optional: a batch bounded by time (`max_batch_ms`: items per batch
-capped from a running estimate of the cost per item), item deadlines (an item whose deadline passed
+capped from a running estimate of the cost per item; applied when the batch's first item has a
+deadline, i.e. live work), item deadlines (an item whose deadline passed
 before its batch starts fails with `Expired`, never computed), and `yield_to`: another batcher
-sharing the executor whose queued work goes first (fusion before CLIP images)."""
+sharing the executor whose pending batch goes first (fusion before CLIP images; one batch, so a
+steady stream of fusion requests cannot starve the images)."""
 from __future__ import annotations
 
 import asyncio
@@ -43,6 +45,7 @@ class MicroBatcher(Generic[T, R]):
         self._task: Optional[asyncio.Task[None]] = None
         self._idle: Optional[asyncio.Event] = None
         self._busy = False  # from taking a batch's first item until its results are delivered
+        self._rounds = 0  # batches finished (any outcome)
         self._stats = stats
         self.item_cost: Optional[float] = None  # running estimate of seconds per item
         self.batches = 0
@@ -62,11 +65,11 @@ class MicroBatcher(Generic[T, R]):
         """Work queued or in progress."""
         return self._busy or (self._queue is not None and not self._queue.empty())
 
-    async def wait_idle(self) -> None:
-        """Returns once nothing is queued or running here (immediately if so)."""
-        while self.pending():
-            if self._idle is None:
-                return
+    async def wait_turn(self) -> None:
+        """If work is queued or running here, wait until one batch of it has finished (not for work
+        that arrives later: whoever yields to this batcher is delayed by one batch, never starved)."""
+        target = self._rounds + 1
+        while self.pending() and self._rounds < target and self._idle is not None:
             self._idle.clear()
             await self._idle.wait()
 
@@ -92,7 +95,8 @@ class MicroBatcher(Generic[T, R]):
     async def _collect(self, queue: asyncio.Queue) -> list[tuple[T, asyncio.Future[R], Optional[float]]]:
         batch = [await queue.get()]
         self._busy = True
-        limit = self.batch_limit
+        # Only work with a deadline (live frames) is bounded by time; files keep full batches (throughput).
+        limit = self.batch_limit if batch[0][2] is not None else self.max_batch
         if limit < self.max_batch and queue.qsize() >= limit:
             self.time_capped += 1
         deadline = time.perf_counter() + self.max_wait
@@ -113,6 +117,7 @@ class MicroBatcher(Generic[T, R]):
 
     def _set_idle(self) -> None:
         self._busy = False
+        self._rounds += 1
         if self._idle is not None:
             self._idle.set()
 
@@ -130,7 +135,7 @@ class MicroBatcher(Generic[T, R]):
         batch = await self._collect(queue)
         try:
             if self.yield_to is not None:  # its queued work (fusion) goes first on the shared executor
-                await self.yield_to.wait_idle()
+                await self.yield_to.wait_turn()
         except asyncio.CancelledError:  # closed while waiting: nobody may wait forever
             _fail(batch, RuntimeError(f"{self.name} batcher closed"))
             raise

@@ -56,8 +56,9 @@ class EngineConfig(Section):
     # A CLIP image batch is cut so that it should last at most this long (from a running per-frame
     # cost): fusion requests, which go first, never wait behind a long batch. 0: count only.
     max_batch_ms: float = Field(250.0, ge=0)
-    # Partial transcripts re-encode the window text at most every N hops (final words at once).
-    partial_text_every: int = Field(1, ge=1, le=100)
+    # A window text that changed only in its partial words (or lost old words at its start) is
+    # re-encoded by CLIP at most every N hops; new final words at once. 1: every change.
+    partial_text_every: int = Field(2, ge=1, le=100)
     compile: bool = False
     text_cache_size: int = Field(256, ge=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch default

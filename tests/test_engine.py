@@ -180,11 +180,16 @@ async def test_batcher_bounds_a_batch_by_time_from_its_cost_per_item(pool):
         return items
 
     batcher = MicroBatcher("t", per_item, pool, max_batch=16, max_wait_ms=0, max_batch_ms=50)
-    assert await batcher.submit(0) == 0  # learns the cost
-    results = await asyncio.gather(*(batcher.submit(i) for i in range(1, 13)))
+    far = time.perf_counter() + 60
+    assert await batcher.submit(0, far) == 0  # learns the cost
+    results = await asyncio.gather(*(batcher.submit(i, far) for i in range(1, 13)))
     assert results == list(range(1, 13))
     assert batcher.batch_limit <= 2 and max(sizes[1:]) <= 2  # 50 ms / >= 20 ms per item
     assert batcher.time_capped >= 1
+    # Work without a deadline (files) keeps full batches: throughput over latency.
+    del sizes[:]
+    await asyncio.gather(*(batcher.submit(i) for i in range(12)))
+    assert max(sizes) > 2
     await batcher.close()
 
 
@@ -197,9 +202,14 @@ async def test_image_batches_let_queued_fusion_go_first(pool):
             return items
         return fn
 
-    fusion = MicroBatcher("fusion", run("fusion"), pool, max_batch=8, max_wait_ms=100)  # still collecting
+    fusion = MicroBatcher("fusion", run("fusion"), pool, max_batch=1, max_wait_ms=100)  # still collecting
     images = MicroBatcher("images", run("images"), pool, max_batch=8, max_wait_ms=0, yield_to=fusion)
     await asyncio.gather(fusion.submit(1), images.submit(2))
     assert order == ["fusion", "images"]  # without yield_to the image batch would have run first
+    # Fusion work that keeps coming delays an image batch by a fusion batch (or two: the one that
+    # was already on the executor when its turn came), never starves it.
+    del order[:]
+    await asyncio.gather(*(fusion.submit(i) for i in range(6)), images.submit(9))
+    assert 1 <= order.index("images") <= 2
     await fusion.close()
     await images.close()

@@ -113,8 +113,9 @@ def test_partial_text_changes_wait_n_hops_final_words_go_at_once():
     assert sched.at(2.0) == ("hello", 1)  # held (hop 2)
     assert sched.at(2.5) == ("hello there my", 3)  # third hop: the partial goes in
     window.add_final([Word(0.5, 0.9, "there"), Word(1.0, 1.4, "my"), Word(1.5, 1.9, "friend")])
-    assert sched.at(3.0) == ("hello there my friend", 4)  # final words: at once
-    assert sched.counts() == {"final": 2, "partial": 1, "held": 2}
+    assert sched.at(3.0) == ("hello there my friend", 4)  # new final words: at once
+    assert sched.at(8.6) == ("hello there my friend", 4)  # "hello" slid out: held like a partial change
+    assert sched.counts() == {"final": 2, "partial": 1, "held": 3}
     every_hop = TextSchedule(window, every=1)
     assert every_hop.at(3.0) == ("hello there my friend", 4)
     window.set_partial([Word(2.0, 2.4, "again")])

@@ -24,32 +24,34 @@ from .rate import RateGovernor
 
 
 class TextSchedule:
-    """Which window text an estimate fuses: a change in final words goes in at once; a change only
-    in the partial hypothesis at most every `every` hops (else the previous text is reused, which the
-    engine's text cache already holds: a CLIP text pass saved). `every=1`: every change at once."""
+    """Which window text an estimate fuses. New final words go in at once; any other change (the
+    partial hypothesis moved, old words slid out of the window) at most every `every` hops, else the
+    previous text is reused, which the engine's text cache holds: one CLIP text pass saved.
+    `every=1`: every change at once."""
 
     def __init__(self, window: TranscriptWindow, every: int) -> None:
         self.window = window
         self.every = every
         self._sent: Optional[tuple[str, int]] = None
-        self._final: Optional[str] = None
+        self._newest_final: Optional[tuple[float, str]] = None
         self._hops = 0
-        self.final = self.partial = self.held = 0  # new texts by cause; partial changes held back
+        self.final = self.partial = self.held = 0  # new texts by cause; changes held back
 
     def at(self, end: float) -> tuple[str, int]:
         text, n = self.window.text(end)
         self._hops += 1
         if self._sent is not None and text == self._sent[0]:
             return self._sent
-        final = self.window.text(end, partial=False)[0]
-        if self._sent is None or final != self._final:
+        finals = self.window.words(end, partial=False)
+        newest = (finals[-1].end, finals[-1].text) if finals else None
+        if self._sent is None or (newest is not None and newest != self._newest_final):
             self.final += 1
         elif self._hops >= self.every:
             self.partial += 1
         else:
             self.held += 1
             return self._sent
-        self._sent, self._final, self._hops = (text, n), final, 0
+        self._sent, self._newest_final, self._hops = (text, n), newest, 0
         return self._sent
 
     def counts(self) -> dict:
