@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu demo test test-fast lint apt bench bench-gpu bench-presets clean
+.PHONY: install install-gpu demo test test-fast lint apt bench bench-webcam bench-gpu bench-presets clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ test-fast: install apt
 
 bench: install apt
 	$(PY) scripts/bench.py --json docs/bench-cpu.json
+
+# Issue 11: 640x480 / 720p @ 30 fps webcam-like clips (decode CPU, file speed, 2/4 paced streams, 720p, 10 min drift).
+bench-webcam: install apt
+	$(PY) scripts/bench.py --webcam --json docs/bench-webcam.json
 
 bench-gpu: install-gpu
 	$(PY) scripts/bench.py --cuda --json docs/bench-gpu.json

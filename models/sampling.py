@@ -17,9 +17,16 @@ class FrameSampler:
 
     def __init__(self, fps: float) -> None:
         self.fps = fps
-        self.period = 0.0 if fps <= 0 or math.isinf(fps) else 1.0 / fps
+        self.period = 0.0
+        self.set_fps(fps)
         self._next: Optional[float] = None
         self._prev: Optional[float] = None  # last frame seen, kept or not
+
+    def set_fps(self, fps: float) -> None:
+        """Change the rate from the next kept frame on (the live pipeline lowers it under overload).
+        One float assignment: safe to call from another thread than the one calling `keep`."""
+        self.fps = fps
+        self.period = 0.0 if fps <= 0 or math.isinf(fps) else 1.0 / fps
 
     def keep(self, t: float) -> bool:
         if self.period == 0.0:

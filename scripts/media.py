@@ -136,10 +136,11 @@ def make_video(
     audio: Optional[Path | str] = None,
     codec: Literal["h264", "vp8"] = "h264",
     pattern: str = "testsrc2",
+    loop_audio: bool = False,
 ) -> Path:
     """A synthetic video (lavfi `testsrc2`, or e.g. pattern="color=c=red") of exactly `seconds`,
-    optionally with a WAV track (padded with silence / cut to fit). h264 -> mp4 + aac,
-    vp8 -> webm + opus: pick the path suffix to match."""
+    optionally with a WAV track (padded with silence / cut to fit; `loop_audio`: repeated to fill
+    a long clip). h264 -> mp4 + aac, vp8 -> webm + opus: pick the path suffix to match."""
     path = Path(path)
     if path.exists():
         return path
@@ -148,7 +149,7 @@ def make_video(
     source += f"{':' if not source.endswith('=') else ''}size={w}x{h}:rate={fps}"
     cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
     if audio is not None:
-        cmd += ["-i", str(audio), "-af", "apad"]
+        cmd += (["-stream_loop", "-1", "-i", str(audio)] if loop_audio else ["-i", str(audio), "-af", "apad"])
     if codec == "h264":
         cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
         cmd += ["-c:a", "aac", "-b:a", "96k"] if audio is not None else []
@@ -224,3 +225,11 @@ def make_gallery_video(path: Path | str, seconds: float, fps: int = 10, tiles: S
             out.mux(packet)
     tmp.replace(path)
     return path
+
+
+def make_webcam_clip(path: Path | str, seconds: float, size: tuple[int, int], work: Path | str,
+                     fps: int = 30) -> Path:
+    """A webcam-like clip: espeak-ng speech (SPEECH_SCRIPT, 1 s pauses, repeated to fill `seconds`)
+    over ffmpeg's moving test pattern at `size` and `fps`, H.264 with a keyframe every second."""
+    wav, _ = make_speech_clip(list(SPEECH_SCRIPT), 1.0, Path(work) / "webcam-speech.wav", wpm=150)
+    return make_video(path, seconds, size=size, fps=fps, audio=wav, loop_audio=True)

@@ -132,7 +132,7 @@ async def stream_events(runtime: Runtime, source: MediaSource, info: SourceInfo,
         runner.add_done_callback(lambda _: source.close())  # analysis over (or failed): stop decoding
         try:
             try:
-                await pump(source.frames(), _GatedSink(session, pending))
+                await pump(source.frames(session.frame_policy()), _GatedSink(session, pending))
             except UserError as exc:  # e.g. a truncated file: keep what was analysed, say what broke
                 pending.emit(make_event("error", name, session.clock, message=str(exc)))
             pending.emit(await runner)

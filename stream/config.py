@@ -54,6 +54,12 @@ class AsrConfig(Section):
 class EngineConfig(Section):
     max_batch: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    # A CLIP image batch is cut so that it should last at most this long (from a running per-frame
+    # cost): fusion requests, which go first, never wait behind a long batch. 0: count only.
+    max_batch_ms: float = Field(250.0, ge=0, le=60_000)
+    # A window text that changed only in its partial words (or lost old words at its start) is
+    # re-encoded by CLIP at most every N hops; new final words at once. 1: every change.
+    partial_text_every: int = Field(2, ge=1, le=100)
     compile: bool = False
     text_cache_size: int = Field(256, ge=0, le=1_000_000)
     threads: int = Field(0, ge=0, le=1024)  # torch intra-op threads; 0 = torch default
@@ -61,6 +67,12 @@ class EngineConfig(Section):
 
 class PipelineConfig(Section):
     video_queue: int = Field(4, ge=1, le=1024)
+    # Live: a frame older than this (since it entered the pipeline) when CLIP would take it is
+    # dropped and counted (frames_stale), whatever the queue depth. 0: never. Files never drop.
+    max_frame_age_ms: float = Field(1000.0, ge=0, le=600_000)
+    # Live: when frames go stale the stream's sampler slows down to no less than this (frames/s),
+    # and speeds back up to sampler.fps once the engine keeps up.
+    min_sampler_fps: float = Field(0.5, gt=0, le=60)
     audio_queue_seconds: float = Field(10.0, gt=0, le=600)
     stream_name: str = "0"
 

@@ -19,7 +19,7 @@ from models.backbone import TextStates
 from models.factory import SentimentModel
 from models.inference import Estimate, WindowInput, predict
 
-from .batching import MicroBatcher
+from .batching import Expired, MicroBatcher
 from .config import EngineConfig
 from .metrics import LatencyStats
 
@@ -88,12 +88,21 @@ class ModelEngine:
         # One compute thread: torch parallelises inside an op; two threads would only contend.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentistream-engine")
         self._text_cache = TextStateCache(cfg.text_cache_size)
-        self.images = MicroBatcher("clip_image", self._encode_images, self._executor, cfg.max_batch, cfg.max_wait_ms, self.stats)
         self.fusion = MicroBatcher("fusion", self._fuse, self._executor, cfg.max_batch, cfg.max_wait_ms, self.stats)
+        # Image batches are bounded in time and wait for queued fusion requests: estimates keep their
+        # hop rate when the streams send more frames than CLIP can take.
+        self.images = MicroBatcher("clip_image", self._encode_images, self._executor, cfg.max_batch, cfg.max_wait_ms,
+                                   self.stats, max_batch_ms=cfg.max_batch_ms, yield_to=self.fusion)
 
     @property
     def weights(self) -> str:
         return self.model.weights
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(h, w) the image tower takes: sources scale kept frames to cover it."""
+        h, w = self.model.backbone.image_size
+        return int(h), int(w)
 
     def _encode_images(self, frames: list[np.ndarray]) -> list[torch.Tensor]:
         # Features stay on the model's device: windows and fusion use them there (GPU-resident).
@@ -104,8 +113,16 @@ class ModelEngine:
         text = self._text_cache.encode(self.model, [r.window.text for r in requests], max_tokens, self.stats)
         return predict(self.model, [r.window for r in requests], text)
 
-    async def encode_frame(self, image: np.ndarray) -> torch.Tensor:
-        return await self.images.submit(image)
+    async def encode_frame(self, image: np.ndarray, deadline: Optional[float] = None) -> Optional[torch.Tensor]:
+        """The frame's CLIP feature, or None if its batch had not started by `deadline` (perf_counter)."""
+        try:
+            return await self.images.submit(image, deadline)
+        except Expired:
+            return None
+
+    @property
+    def text_cache(self) -> TextStateCache:
+        return self._text_cache
 
     async def estimate(self, window: WindowInput, max_tokens: int = 75) -> Estimate:
         return await self.fusion.submit(FusionRequest(window, max_tokens))

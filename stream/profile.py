@@ -29,7 +29,7 @@ from .events import input_warnings
 from .metrics import LatencyStats
 from .runtime import Runtime, build_runtime, build_runtime_blocking
 from .session import StreamSession
-from .sources import MediaItem, MediaSource, VideoFrame, open_source, pump
+from .sources import FramePolicy, MediaItem, MediaSource, VideoFrame, open_source, pump
 
 STAGES = ("decode", "face_detect", "clip_image", "asr", "clip_text", "fusion", "frame_to_estimate", "transcript_lag")
 DRIFT_STAGE = "frame_to_estimate"
@@ -56,14 +56,15 @@ def _paced(source: MediaSource) -> float:
     return float(getattr(source, "paced_seconds", 0.0))
 
 
-def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[float]) -> Iterator[MediaItem]:
+def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[float],
+                 policy: Optional[FramePolicy] = None) -> Iterator[MediaItem]:
     """source.frames(), recording "decode" per video frame and stopping after `duration` media s.
 
     "decode" is the wall time spent inside the generator for the call that produced the frame
-    (demux + decode + RGB conversion), minus pacing sleeps. For files this is the decode cost; for
+    (demux + decode + conversion of kept frames), minus pacing sleeps. For files this is the decode cost; for
     cameras/URLs it also includes waiting for the device/network, so read it as an upper bound.
     """
-    frames = source.frames()
+    frames = source.frames(policy)
     try:
         while True:
             waited = _paced(source)
@@ -95,8 +96,9 @@ def _warn(message: str) -> None:
 
 async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: bool = False,
                       duration: Optional[float] = None, shared: bool = True,
-                      on_event: Optional[Callable[[dict], None]] = None) -> ProfileResult:
-    """Runs `streams` copies of `spec` concurrently; `shared=False` is the one-model-per-stream baseline."""
+                      on_event: Optional[Callable[[dict], None]] = None, frame_policy: bool = True) -> ProfileResult:
+    """Runs `streams` copies of `spec` concurrently; `shared=False` is the one-model-per-stream baseline;
+    `frame_policy=False`: every decoded frame full-size RGB as before issue 11 (benchmark baseline)."""
     if streams < 1:
         raise UserError(f"--streams must be at least 1, got {streams}")
     if duration is not None and duration <= 0:
@@ -124,7 +126,8 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
                                   has_video=info.has_video, has_audio=info.has_audio, stats=TimedStats(origin))
                     for i in range(streams)]
         runners = [asyncio.create_task(s.run(), name=f"profile-{s.name}") for s in sessions]
-        pumps = [pump(timed_frames(src, s.stats, duration), s, executor=pool) for src, s in zip(sources, sessions)]
+        pumps = [pump(timed_frames(src, s.stats, duration, s.frame_policy() if frame_policy else None), s, executor=pool)
+                 for src, s in zip(sources, sessions)]
         try:
             for i, res in enumerate(await asyncio.gather(*pumps, return_exceptions=True)):
                 if isinstance(res, UserError):  # e.g. a truncated file: keep what was analysed
@@ -215,8 +218,22 @@ def _batching(runtimes: list[Runtime]) -> dict[str, Any]:
             sizes.update(b.batch_sizes)
         batches, items = sum(b.batches for b in batchers), sum(b.items for b in batchers)
         out[name] = {"batches": batches, "items": items, "mean_batch": round(items / batches, 2) if batches else None,
-                     "max_batch": max(sizes) if sizes else None, "sizes": {str(k): v for k, v in sorted(sizes.items())}}
+                     "max_batch": max(sizes) if sizes else None, "sizes": {str(k): v for k, v in sorted(sizes.items())},
+                     "expired": sum(getattr(b, "expired", 0) for b in batchers),
+                     "time_capped": sum(getattr(b, "time_capped", 0) for b in batchers)}
     return out
+
+
+def _text_passes(runtimes: list[Runtime], summaries: list[dict]) -> dict[str, Any]:
+    """How often the window text changed (by cause, summed over streams) and what the engine's text
+    cache did with it: each miss is one CLIP text pass."""
+    causes: collections.Counter[str] = collections.Counter()
+    for summ in summaries:
+        causes.update(summ.get("text_updates") or {})
+    hits = sum(rt.engine.text_cache.hits for rt in runtimes)
+    misses = sum(rt.engine.text_cache.misses for rt in runtimes)
+    return {"updates": dict(causes), "cache_hits": hits, "cache_misses": misses,
+            "partial_text_every": runtimes[0].cfg.engine.partial_text_every}
 
 
 def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[float], shared: bool,
@@ -231,8 +248,9 @@ def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[f
     per_stream = []
     for sess, summ in zip(sessions, summaries):
         f2e = sess.stats.summary([DRIFT_STAGE])[DRIFT_STAGE]
-        per_stream.append({k: summ[k] for k in ("stream", "frames_in", "frames_processed", "frames_dropped",
-                                                "frames_skipped", "media_seconds", "estimates", "transcripts")}
+        per_stream.append({k: summ.get(k) for k in ("stream", "frames_in", "frames_processed", "frames_dropped",
+                                                    "frames_stale", "frames_skipped", "media_seconds", "estimates",
+                                                    "transcripts", "sampler_fps", "text_updates")}
                           | {"realtime_factor": round(summ["media_seconds"] / wall, 3) if wall > 0 else None,
                              "frame_to_estimate_p95_ms": f2e["p95_ms"]})
     return {
@@ -248,7 +266,11 @@ def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[f
         "frames_in": sum(int(s["frames_in"]) for s in summaries),
         "frames_processed": frames_processed,
         "frames_dropped": sum(int(s["frames_dropped"]) for s in summaries),
+        "frames_stale": sum(int(s.get("frames_stale", 0)) for s in summaries),
         "frames_skipped": sum(int(s["frames_skipped"]) for s in summaries),
+        # Estimates per wall second of each stream (mean): the hop rate kept (or not) under load.
+        "estimates_per_second": round(float(np.mean([int(s["estimates"]) for s in summaries])) / wall, 3) if wall > 0 else None,
+        "text": _text_passes(runtimes, summaries),
         "frames_per_second": round(frames_processed / wall, 3) if wall > 0 else None,
         "media_seconds": round(float(np.mean(media)), 3),
         "wall_seconds": round(wall, 3),
@@ -264,7 +286,9 @@ def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[f
         "config": {"vision": f"{cfg.vision.model}/{cfg.vision.pretrained}", "vision_device": str(device),
                    "precision": str(runtimes[0].engine.model.backbone.dtype).replace("torch.", ""),
                    "sampler_fps": cfg.sampler.fps, "hop_s": cfg.window.hop, "max_batch": cfg.engine.max_batch,
-                   "max_wait_ms": cfg.engine.max_wait_ms, "asr": f"{cfg.asr.model}/{cfg.asr.compute_type}" if cfg.asr.enabled else None,
+                   "max_wait_ms": cfg.engine.max_wait_ms, "max_batch_ms": cfg.engine.max_batch_ms,
+                   "max_frame_age_ms": cfg.pipeline.max_frame_age_ms, "partial_text_every": cfg.engine.partial_text_every,
+                   "asr": f"{cfg.asr.model}/{cfg.asr.compute_type}" if cfg.asr.enabled else None,
                    "asr_workers": cfg.asr.workers},
     }
 

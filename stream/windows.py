@@ -71,10 +71,11 @@ class TranscriptWindow:
     def set_partial(self, words: Iterable[Word]) -> None:
         self._partial = list(words)
 
-    def words(self, end: float) -> list[Word]:
+    def words(self, end: float, partial: bool = True) -> list[Word]:
         start = end - self.seconds
-        return [w for w in (*self._final, *self._partial) if w.end > start and w.start <= end]
+        return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
-    def text(self, end: float) -> tuple[str, int]:
-        words = self.words(end)
+    def text(self, end: float, partial: bool = True) -> tuple[str, int]:
+        """Text of the words in (end - seconds, end] and their count; `partial=False`: final words only."""
+        words = self.words(end, partial)
         return " ".join(w.text for w in words).strip(), len(words)

@@ -11,6 +11,7 @@ import torch
 
 from models.inference import WindowInput
 from stream.asr.agreement import Word
+from stream.batching import Expired
 from stream.engine import MicroBatcher, ModelEngine
 from stream.windows import FrameWindow, TranscriptWindow
 
@@ -145,3 +146,70 @@ async def test_failing_analysis_does_not_hang_a_blocked_file_producer(tiny_model
         await asyncio.wait_for(runner, 10)
     await asyncio.wait_for(producer, 10)  # woken up and finished instead of blocking forever
     await engine.close()
+
+
+async def test_batcher_drops_items_whose_deadline_passed_before_their_batch(pool):
+    import time
+
+    computed: list[int] = []
+
+    def slow(items: list[int]) -> list[int]:
+        computed.extend(items)
+        time.sleep(0.2)
+        return items
+
+    batcher = MicroBatcher("t", slow, pool, max_batch=1, max_wait_ms=0)
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.02)  # the first batch is running for 0.2 s
+    late = asyncio.ensure_future(batcher.submit(2, deadline=time.perf_counter() + 0.05))
+    ok = asyncio.ensure_future(batcher.submit(3, deadline=time.perf_counter() + 30))
+    outcomes = await asyncio.gather(first, late, ok, return_exceptions=True)
+    assert outcomes[0] == 1 and isinstance(outcomes[1], Expired) and outcomes[2] == 3
+    assert computed == [1, 3] and batcher.expired == 1  # the stale item was never computed
+    await batcher.close()
+
+
+async def test_batcher_bounds_a_batch_by_time_from_its_cost_per_item(pool):
+    import time
+
+    sizes: list[int] = []
+
+    def per_item(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        time.sleep(0.02 * len(items))  # >= 20 ms per item, whatever the load
+        return items
+
+    batcher = MicroBatcher("t", per_item, pool, max_batch=16, max_wait_ms=0, max_batch_ms=50)
+    far = time.perf_counter() + 60
+    assert await batcher.submit(0, far) == 0  # learns the cost
+    results = await asyncio.gather(*(batcher.submit(i, far) for i in range(1, 13)))
+    assert results == list(range(1, 13))
+    assert batcher.batch_limit <= 2 and max(sizes[1:]) <= 2  # 50 ms / >= 20 ms per item
+    assert batcher.time_capped >= 1
+    # Work without a deadline (files) keeps full batches: throughput over latency.
+    del sizes[:]
+    await asyncio.gather(*(batcher.submit(i) for i in range(12)))
+    assert max(sizes) > 2
+    await batcher.close()
+
+
+async def test_image_batches_let_queued_fusion_go_first(pool):
+    order: list[str] = []
+
+    def run(tag: str):
+        def fn(items: list[int]) -> list[int]:
+            order.append(tag)
+            return items
+        return fn
+
+    fusion = MicroBatcher("fusion", run("fusion"), pool, max_batch=1, max_wait_ms=100)  # still collecting
+    images = MicroBatcher("images", run("images"), pool, max_batch=8, max_wait_ms=0, yield_to=fusion)
+    await asyncio.gather(fusion.submit(1), images.submit(2))
+    assert order == ["fusion", "images"]  # without yield_to the image batch would have run first
+    # Fusion work that keeps coming delays an image batch by a fusion batch (or two: the one that
+    # was already on the executor when its turn came), never starves it.
+    del order[:]
+    await asyncio.gather(*(fusion.submit(i) for i in range(6)), images.submit(9))
+    assert 1 <= order.index("images") <= 2
+    await fusion.close()
+    await images.close()

@@ -58,3 +58,65 @@ async def test_live_video_branch_never_queues_skipped_frames(runtime):
     assert session.frames_dropped == max(0, kept - session.cfg.pipeline.video_queue)
     session.end_input()
     await asyncio.wait_for(session.run(), 30)
+
+
+async def test_live_frames_older_than_the_age_limit_are_dropped_and_counted(runtime):
+    import time
+
+    session = StreamSession("s", runtime, lambda e: None, live=True, has_video=True, has_audio=False)
+    limit = session.cfg.pipeline.max_frame_age_ms / 1000.0
+    now = time.perf_counter()
+    # Two frames that waited past the limit, two fresh ones (all kept by the source's policy).
+    for i, wall in enumerate((now - 3 * limit, now - 2 * limit, now + 60, now + 60)):
+        await session.push_video(VideoFrame(i * 0.5, FRAME, wall, keep=True))
+    session.end_input()
+    summary = await asyncio.wait_for(session.run(), 30)
+    assert summary["frames_stale"] == 2 and summary["frames_processed"] == 2
+    assert summary["frames_dropped"] == 2  # stale frames count as dropped; the queue itself lost none
+    assert summary["sampler_fps"]["steps_down"] == 1  # the loss slowed the sampler one step
+
+
+def test_rate_governor_slows_on_loss_and_recovers_when_calm():
+    from models.sampling import FrameSampler
+    from stream.session.rate import RateGovernor
+
+    sampler = FrameSampler(2.0)
+    gov = RateGovernor(sampler, 2.0, 0.5)
+    gov.observe(3, False, now=0.0)
+    assert sampler.fps == pytest.approx(1.5)
+    gov.observe(1, False, now=0.5)  # within the hold time: no second step yet
+    assert sampler.fps == pytest.approx(1.5)
+    for k in range(1, 10):
+        gov.observe(1, True, now=float(k))
+    assert sampler.fps == pytest.approx(0.5) and gov.lowest == pytest.approx(0.5)  # never below the floor
+    gov.observe(0, False, now=12.0)  # calm for 3 s: not yet
+    assert sampler.fps == pytest.approx(0.5)
+    t = 14.0
+    while sampler.fps < 2.0 and t < 100:
+        gov.observe(0, False, now=t)
+        t += 5.0
+    assert sampler.fps == pytest.approx(2.0) and gov.summary()["last"] == 2.0
+
+
+def test_partial_text_changes_wait_n_hops_final_words_go_at_once():
+    from stream.asr.agreement import Word
+    from stream.session.session import TextSchedule
+    from stream.windows import TranscriptWindow
+
+    window = TranscriptWindow(8.0)
+    sched = TextSchedule(window, every=3)
+    window.add_final([Word(0.0, 0.4, "hello")])
+    assert sched.at(1.0) == ("hello", 1)  # the first text goes at once
+    window.set_partial([Word(0.5, 0.9, "there")])
+    assert sched.at(1.5) == ("hello", 1)  # partial change held (hop 1 of 3)
+    window.set_partial([Word(0.5, 0.9, "there"), Word(1.0, 1.4, "my")])
+    assert sched.at(2.0) == ("hello", 1)  # held (hop 2)
+    assert sched.at(2.5) == ("hello there my", 3)  # third hop: the partial goes in
+    window.add_final([Word(0.5, 0.9, "there"), Word(1.0, 1.4, "my"), Word(1.5, 1.9, "friend")])
+    assert sched.at(3.0) == ("hello there my friend", 4)  # new final words: at once
+    assert sched.at(8.6) == ("hello there my friend", 4)  # "hello" slid out: held like a partial change
+    assert sched.counts() == {"final": 2, "partial": 1, "held": 3}
+    every_hop = TextSchedule(window, every=1)
+    assert every_hop.at(3.0) == ("hello there my friend", 4)
+    window.set_partial([Word(2.0, 2.4, "again")])
+    assert every_hop.at(3.5)[0].endswith("again") and every_hop.counts()["held"] == 0

@@ -16,7 +16,7 @@ from models.errors import UserError
 from models.sampling import FrameSampler
 from scripts.media import make_video, require_tools, write_wav
 from stream.queues import LatestQueue
-from stream.sources import AudioChunk, VideoFrame, open_source
+from stream.sources import AudioChunk, FramePolicy, VideoFrame, cover_size, open_source
 
 SECONDS = 2.0
 
@@ -57,11 +57,11 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def drain(spec: str, **kw) -> tuple[list[VideoFrame], list[AudioChunk]]:
+def drain(spec: str, policy: FramePolicy | None = None, **kw) -> tuple[list[VideoFrame], list[AudioChunk]]:
     src = open_source(spec, **kw)
     try:
         src.open()
-        items = list(src.frames())
+        items = list(src.frames(policy))
     finally:
         src.close()
     return [i for i in items if isinstance(i, VideoFrame)], [i for i in items if isinstance(i, AudioChunk)]
@@ -244,3 +244,43 @@ async def test_latest_queue_drops_oldest():
     assert await q.get() is LatestQueue.CLOSED
     q.put_nowait("ignored")
     assert q.qsize() == 0
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_frame_policy_converts_only_kept_frames_straight_to_model_size(media, kind):
+    plain, plain_audio = drain(str(media[kind]))
+    reference = FrameSampler(2.0)
+    expected = [reference.keep(v.t) for v in plain]
+    video, audio = drain(str(media[kind]), FramePolicy(FrameSampler(2.0), (64, 64)))
+    # Every frame still arrives (skipped ones advance the media clock), in the same order and times.
+    assert [v.t for v in video] == [v.t for v in plain] and len(audio) == len(plain_audio)
+    assert [v.keep for v in video] == expected and sum(expected) == 4  # 2 s at 2 frames/s
+    for v in video:
+        assert v.display is None
+        if v.keep:  # 160x120 scaled to cover 64x64 with its aspect kept: 85x64
+            assert v.image is not None and v.image.shape == (64, 85, 3) and v.image.dtype == np.uint8
+        else:
+            assert v.image is None
+    shown, _ = drain(str(media[kind]), FramePolicy(FrameSampler(2.0), (64, 64), display=True))
+    assert all(v.display is not None and v.display.shape == (120, 160, 3) for v in shown)
+    assert all(v.full is v.display for v in shown)
+
+
+def test_cover_size_matches_the_backbone_resize():
+    assert cover_size(640, 480, (224, 224)) == (299, 224)
+    assert cover_size(1280, 720, (224, 224)) == (398, 224)
+    assert cover_size(480, 640, (224, 224)) == (224, 299)
+    assert cover_size(100, 100, (224, 224)) == (224, 224)  # upscaled like the backbone does
+
+
+def test_frame_policy_features_match_the_full_size_path(media, tiny_model):
+    """Kept frames scaled by swscale give the same CLIP features as full-size frames resized by the
+    backbone, up to resize rounding."""
+    import torch
+
+    bb = tiny_model.backbone
+    full, _ = drain(str(media["video_only"]), FramePolicy(FrameSampler(2.0), None))
+    small, _ = drain(str(media["video_only"]), FramePolicy(FrameSampler(2.0), tuple(bb.image_size)))
+    a = bb.encode_images([v.image for v in full if v.keep])
+    b = bb.encode_images([v.image for v in small if v.keep])
+    assert len(a) == 4 and torch.nn.functional.cosine_similarity(a, b).min().item() >= 0.999

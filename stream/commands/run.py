@@ -97,7 +97,8 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         runner = asyncio.create_task(session.run())
         runner.add_done_callback(lambda _: source.close())  # analysis over (or failed): stop decoding
         try:
-            await pump(source.frames(), session, live_overlay.on_item if live_overlay else None)
+            policy = session.frame_policy(display=live_overlay is not None)
+            await pump(source.frames(policy), session, live_overlay.on_item if live_overlay else None)
         except UserError as exc:  # e.g. truncated file: keep what was analysed, say what broke
             sink.emit(make_event("error", stream_name, session.clock, message=str(exc)))
             print(f"error: {exc}", file=sys.stderr)

@@ -33,7 +33,10 @@ class LiveOverlay:
             return
         with self._lock:
             state = self.tracker.state()
-        image = draw_overlay(item.image, state)
+        frame = item.full  # the policy made it full size for us (`display`)
+        if frame is None:
+            return
+        image = draw_overlay(frame, state)
         if self.path and self.writer is None:
             h, w = image.shape[:2]
             self.writer = OverlayWriter(self.path, w, h, self.info.fps or 15.0, with_audio=self.info.has_audio)

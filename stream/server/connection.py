@@ -206,14 +206,16 @@ class Connection:
         assert self.session is not None
         session, dropped_seen = self.session, 0
         try:
-            async for received in video_frames(track, self.clock, self.pool, self.max_video_size):
+            # The returned video is drawn from the decoded frames it relays (OverlayTrack): analysis
+            # needs only the sampled frames, at the model's size.
+            async for received in video_frames(track, self.clock, self.pool, session.frame_policy(), self.max_video_size):
                 await session.push_video(received.frame)
                 dropped = session.frames_dropped
                 if dropped > dropped_seen:
                     FRAMES_DROPPED.labels("analysis").inc(dropped - dropped_seen)
                     dropped_seen = dropped
                 if self.overlay is not None:
-                    self.overlay.offer(received.frame.image, received.pts, received.time_base)
+                    self.overlay.offer(received.decoded, received.pts, received.time_base)
         finally:
             self._input_ended()
 

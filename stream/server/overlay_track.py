@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..metrics import FRAMES_DROPPED
@@ -20,10 +19,11 @@ class Latest:
     seq: int
     pts: Optional[int]
     time_base: Any
-    rgb: np.ndarray
+    image: Any  # the client's decoded av.VideoFrame (converted only if relayed), or RGB numpy
 
 
-def _render(rgb: np.ndarray, state: OverlayState) -> av.VideoFrame:
+def _render(image: Any, state: OverlayState) -> av.VideoFrame:
+    rgb = image.to_ndarray(format="rgb24") if isinstance(image, av.VideoFrame) else image
     return av.VideoFrame.from_ndarray(draw_overlay(rgb, state), format="rgb24")
 
 
@@ -39,10 +39,10 @@ class OverlayTrack(MediaStreamTrack):
         self._seq = 0
         self._sent = 0  # seq of the last relayed frame
 
-    def offer(self, rgb: np.ndarray, pts: Optional[int], time_base: Any) -> None:
-        """A new client frame: the next recv() relays it (or a newer one)."""
+    def offer(self, image: Any, pts: Optional[int], time_base: Any) -> None:
+        """A new client frame (av.VideoFrame or RGB numpy): the next recv() relays it (or a newer one)."""
         self._seq += 1
-        self.latest = Latest(self._seq, pts, time_base, rgb)
+        self.latest = Latest(self._seq, pts, time_base, image)
         self._wake.set()
 
     async def recv(self) -> av.VideoFrame:
@@ -58,7 +58,7 @@ class OverlayTrack(MediaStreamTrack):
             FRAMES_DROPPED.labels("relay").inc(latest.seq - self._sent - 1)
         self._sent = latest.seq
         state = self.tracker.state()  # snapshot on the loop; drawing happens off it
-        out = await asyncio.get_running_loop().run_in_executor(self.pool, _render, latest.rgb, state)
+        out = await asyncio.get_running_loop().run_in_executor(self.pool, _render, latest.image, state)
         out.pts, out.time_base = latest.pts, latest.time_base
         return out
 

@@ -23,13 +23,15 @@ from ..queues import CLOSED, MediaQueue
 from ..sources import SAMPLE_RATE, AudioChunk, VideoFrame
 from ..windows import FrameWindow, TranscriptWindow
 from .progress import Progress
+from .rate import RateGovernor
 
 _MAX_AUDIO_WALLS = 20000  # (media end, wall) pairs kept for transcript lag; bounded
 
 
 class VideoBranch:
     def __init__(self, engine: ModelEngine, sampler: FrameSampler, queue: MediaQueue, window: FrameWindow,
-                 progress: Progress, *, forward_skipped: bool, max_batch: int, faces: Optional[FaceAnalyzer] = None) -> None:
+                 progress: Progress, *, forward_skipped: bool, max_batch: int, max_age_s: Optional[float] = None,
+                 governor: Optional[RateGovernor] = None, faces: Optional[FaceAnalyzer] = None) -> None:
         self.engine = engine
         self.faces = faces  # per-face windows (faces.enabled), fed from the same frames
         self.sampler = sampler
@@ -40,13 +42,19 @@ class VideoBranch:
         # sources must not let them push kept frames out of the drop-oldest queue.
         self.forward_skipped = forward_skipped
         self.max_batch = max_batch
-        self.frames_in = self.frames_processed = self.frames_skipped = 0
+        # Live: frames older than this when CLIP would take them are dropped (stale), and the
+        # governor slows the sampler when that happens. Files: None, nothing is ever dropped.
+        self.max_age_s = max_age_s
+        self.governor = governor
+        self.frames_in = self.frames_processed = self.frames_skipped = self.frames_stale = 0
+        self._lost_seen = 0
         self.until = -1.0  # media time this branch has handled
         self.done = False
 
     async def push(self, frame: VideoFrame) -> None:
         self.frames_in += 1
-        keep = self.sampler.keep(frame.t)
+        # A source with a FramePolicy sampled the frame already (with this same sampler).
+        keep = frame.keep if frame.keep is not None else self.sampler.keep(frame.t)
         if not keep:
             self.frames_skipped += 1
         if keep or self.forward_skipped:
@@ -76,13 +84,31 @@ class VideoBranch:
 
     async def _encode(self, batch: list[tuple[VideoFrame, bool]]) -> None:
         frames = [f for f, keep in batch if keep]
+        max_age = self.max_age_s
+        if max_age is not None:
+            now = time.perf_counter()
+            fresh = [f for f in frames if now - f.wall <= max_age]
+            self.frames_stale += len(frames) - len(fresh)
+            frames = fresh
         # Face crops (after detection) are encoded together with the frames: one set of CLIP batches.
         face_jobs = await self.faces.prepare(frames) if self.faces is not None else ()
-        feats = await asyncio.gather(*(self.engine.encode_frame(f.image) for f in frames), *face_jobs)
+        deadlines = [None if max_age is None else f.wall + max_age for f in frames]
+        results = await asyncio.gather(*(self.engine.encode_frame(f.image, d) for f, d in zip(frames, deadlines)), *face_jobs)
+        feats = results[: len(frames)]
+        done = time.perf_counter()
+        late = False
         for f, feat in zip(frames, feats):
+            if feat is None:  # waited past its age limit in the engine's queue
+                self.frames_stale += 1
+                continue
             self.window.add(f.t, feat, f.wall)
             self.frames_processed += 1
+            late = late or (max_age is not None and done - f.wall > 0.5 * max_age)
         self.until = max(self.until, batch[-1][0].t)
+        if self.governor is not None:
+            lost = self.frames_stale + self.queue.dropped
+            self.governor.observe(lost - self._lost_seen, late, done)
+            self._lost_seen = lost
         self.progress.notify()
 
 

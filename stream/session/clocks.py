@@ -97,8 +97,9 @@ class LiveClock:
         last = time.perf_counter() - hop
         seen = s.frames_processed
         while not both_done():
-            # With video, frames pace the estimates; the timer is only a fallback for stalls.
-            deadline = last + (hop * 2 if not s.video_done else hop)
+            # With video, frames pace the estimates; the timer (1.5 hops: later than the next frame
+            # at the configured rate) keeps ~the hop rate when the sampler was slowed by overload.
+            deadline = last + (hop * 1.5 if not s.video_done else hop)
             while s.frames_processed == seen and not both_done():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or not await s.progress.next(remaining):

@@ -16,11 +16,47 @@ from ..events import make_event
 from ..faces import FaceAnalyzer
 from ..metrics import LatencyStats
 from ..runtime import Runtime
-from ..sources import AudioChunk, MediaItem, VideoFrame
+from ..sources import AudioChunk, FramePolicy, MediaItem, VideoFrame
 from ..windows import FrameWindow, TranscriptWindow
 from .branches import AudioBranch, VideoBranch
 from .clocks import Clock, FileClock, LiveClock
 from .progress import Progress
+from .rate import RateGovernor
+
+
+class TextSchedule:
+    """Which window text an estimate fuses. New final words go in at once; any other change (the
+    partial hypothesis moved, old words slid out of the window) at most every `every` hops, else the
+    previous text is reused, which the engine's text cache holds: one CLIP text pass saved.
+    `every=1`: every change at once."""
+
+    def __init__(self, window: TranscriptWindow, every: int) -> None:
+        self.window = window
+        self.every = every
+        self._sent: Optional[tuple[str, int]] = None
+        self._newest_final: Optional[tuple[float, str]] = None
+        self._hops = 0
+        self.final = self.partial = self.held = 0  # new texts by cause; changes held back
+
+    def at(self, end: float) -> tuple[str, int]:
+        text, n = self.window.text(end)
+        self._hops += 1
+        if self._sent is not None and text == self._sent[0]:
+            return self._sent
+        finals = self.window.words(end, partial=False)
+        newest = (finals[-1].end, finals[-1].text) if finals else None
+        if self._sent is None or (newest is not None and newest != self._newest_final):
+            self.final += 1
+        elif self._hops >= self.every:
+            self.partial += 1
+        else:
+            self.held += 1
+            return self._sent
+        self._sent, self._newest_final, self._hops = (text, n), newest, 0
+        return self._sent
+
+    def counts(self) -> dict:
+        return {"final": self.final, "partial": self.partial, "held": self.held}
 
 
 class StreamSession:
@@ -40,24 +76,39 @@ class StreamSession:
         self.transcript = TranscriptWindow(cfg.window.seconds)
         self.video: Optional[VideoBranch] = None
         self.audio: Optional[AudioBranch] = None
+        self.sampler = FrameSampler(cfg.sampler.fps)  # shared with the source through `frame_policy`
+        self.governor: Optional[RateGovernor] = None
         self.faces: Optional[FaceAnalyzer] = None
         if has_video:
+            max_age = cfg.pipeline.max_frame_age_ms / 1000.0 if self.live and cfg.pipeline.max_frame_age_ms > 0 else None
+            if max_age is not None:
+                self.governor = RateGovernor(self.sampler, cfg.sampler.fps, cfg.pipeline.min_sampler_fps)
             if cfg.faces.enabled:
                 self.faces = FaceAnalyzer(cfg.faces, runtime.engine, cfg.window.seconds, cfg.window.max_frames, self.stats)
-            self.video = VideoBranch(runtime.engine, FrameSampler(cfg.sampler.fps), self.timing.video_queue(), self.frames,
+            self.video = VideoBranch(runtime.engine, self.sampler, self.timing.video_queue(), self.frames,
                                      self.progress, forward_skipped=self.timing.forward_skipped_frames,
-                                     max_batch=cfg.engine.max_batch, faces=self.faces)
+                                     max_batch=cfg.engine.max_batch, max_age_s=max_age, governor=self.governor,
+                                     faces=self.faces)
         self.has_video = has_video
         self.has_audio = has_audio and cfg.asr.enabled and runtime.whisper is not None
         if self.has_audio:
             transcriber = StreamingTranscriber(runtime.whisper, self.timing.asr_config(), decoder=runtime.pass_decoder())
             self.audio = AudioBranch(name, transcriber, self.timing.audio_queue(), self.transcript, runtime.asr_executor,
                                      self.stats, self.progress, emit, catch_up=self.timing.catch_up_audio)
+        self.text = TextSchedule(self.transcript, cfg.engine.partial_text_every)
         self._clock = 0.0  # newest media time pushed
         self.started = time.perf_counter()
         self.input_ended = False
         self.estimates = 0
         self.last_estimate: Optional[dict] = None
+
+    def frame_policy(self, display: bool = False) -> FramePolicy:
+        """How this stream's source should decode: sample with this stream's sampler and convert
+        only kept frames, straight to the CLIP input size; `display`: every frame full size too.
+        With faces on, kept frames stay full size: the detector needs the pixels and its boxes are
+        reported in source pixels (the backbone then resizes the whole frame itself)."""
+        size = None if self.faces is not None else self.rt.engine.image_size
+        return FramePolicy(self.sampler, size, display=display)
 
     # ------------------------------------------------------------------ what the clock reads
     @property
@@ -86,7 +137,12 @@ class StreamSession:
 
     @property
     def frames_dropped(self) -> int:
-        return self.video.queue.dropped if self.video else 0
+        """Live frames lost: pushed out of the queue, or stale (see frames_stale)."""
+        return self.video.queue.dropped + self.video.frames_stale if self.video else 0
+
+    @property
+    def frames_stale(self) -> int:
+        return self.video.frames_stale if self.video else 0
 
     # ------------------------------------------------------------------ input (source side)
     async def push(self, item: MediaItem) -> None:
@@ -119,7 +175,7 @@ class StreamSession:
     # ------------------------------------------------------------------ estimates
     async def estimate(self, end: float) -> None:
         snap = self.frames.snapshot(end)
-        text, n_words = self.transcript.text(end)
+        text, n_words = self.text.at(end)
         window = WindowInput(snap.features, snap.ages, text, n_words)
         tick = time.perf_counter()
         if self.faces is None:
@@ -173,11 +229,13 @@ class StreamSession:
         return make_event(
             "summary", self.name, self._clock,
             frames_in=v.frames_in if v else 0, frames_processed=self.frames_processed,
-            frames_dropped=self.frames_dropped, frames_skipped=v.frames_skipped if v else 0,
+            frames_dropped=self.frames_dropped, frames_stale=self.frames_stale,
+            frames_skipped=v.frames_skipped if v else 0,
+            sampler_fps=self.governor.summary() if self.governor is not None else None,
             audio_chunks_dropped=a.queue.dropped if a else 0,
             audio_seconds=round(a.audio_seconds, 3) if a else 0.0, media_seconds=round(self._clock, 3),
             wall_seconds=round(wall, 3), realtime_factor=round(self._clock / wall, 3) if wall > 0 else None,
-            estimates=self.estimates, transcripts=a.transcripts if a else 0,
+            estimates=self.estimates, transcripts=a.transcripts if a else 0, text_updates=self.text.counts(),
             latency=self.stats.summary(),
             asr=a.transcriber.stats() if a else None,
         )

@@ -14,11 +14,12 @@ from models.errors import UserError
 from .audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from .base import AudioChunk, MediaItem, MediaSource, SourceInfo, VideoFrame
 from .files import AvSource, check_local_file, describe_open_error
+from .policy import FramePolicy, cover_size
 from .pump import MediaSink, pump
 
 __all__ = [
-    "SAMPLE_RATE", "AudioChunk", "AudioResampler", "AvSource", "MediaItem", "MediaSink", "MediaSource",
-    "SourceInfo", "VideoFrame", "check_local_file", "demo_path", "describe_open_error", "load_audio_16k",
+    "SAMPLE_RATE", "AudioChunk", "AudioResampler", "AvSource", "FramePolicy", "MediaItem", "MediaSink", "MediaSource",
+    "SourceInfo", "VideoFrame", "check_local_file", "cover_size", "demo_path", "describe_open_error", "load_audio_16k",
     "open_source", "pump",
 ]
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .policy import FramePolicy
 
 SAMPLE_RATE = 16000  # Hz: every AudioChunk is float32 mono at this rate (what Whisper and its VAD expect)
 
@@ -20,8 +23,16 @@ SAMPLE_RATE = 16000  # Hz: every AudioChunk is float32 mono at this rate (what W
 @dataclass(slots=True)
 class VideoFrame:
     t: float  # media seconds from stream start
-    image: np.ndarray  # HxWx3 uint8 RGB
+    image: Optional[np.ndarray]  # HxWx3 uint8 RGB for analysis; None for a frame the sampler skipped
     wall: float  # time.perf_counter() when it entered the pipeline
+    # Decided by the source's FramePolicy (True: sampled for analysis); None: the stream's sampler decides.
+    keep: Optional[bool] = None
+    display: Optional[np.ndarray] = None  # full-size RGB, when the policy asks for it (overlays)
+
+    @property
+    def full(self) -> Optional[np.ndarray]:
+        """The frame at its own size for drawing on: `display`, else `image` (full size without a policy)."""
+        return self.display if self.display is not None else self.image
 
 
 @dataclass(slots=True)
@@ -70,8 +81,13 @@ class MediaSource(ABC):
             self.info = self._open()
         return self.info
 
-    def frames(self) -> Iterator[MediaItem]:
-        """Blocking generator of items in media-time order; ends when the media ends or on close()."""
+    def frames(self, policy: Optional["FramePolicy"] = None) -> Iterator[MediaItem]:
+        """Blocking generator of items in media-time order; ends when the media ends or on close().
+
+        `policy` (a `FramePolicy`): sample frames here and convert only those kept, at the model's
+        size; without one every frame is full-size RGB and the stream's sampler decides later.
+        It is given here, not at construction, because a source is opened (and bad input reported)
+        before the model that knows its input size is loaded."""
         if self.info is None:
             self.open()
         with self._lock:
@@ -79,7 +95,7 @@ class MediaSource(ABC):
                 return
             self._running = True
         try:
-            yield from self._items()
+            yield from self._items(policy)
         finally:
             with self._lock:
                 self._running = False
@@ -104,7 +120,7 @@ class MediaSource(ABC):
     def _is_open(self) -> bool: ...
 
     @abstractmethod
-    def _items(self) -> Iterator[MediaItem]:
+    def _items(self, policy: Optional["FramePolicy"]) -> Iterator[MediaItem]:
         """The decode loop; returns early once `stopping`."""
 
     @abstractmethod

@@ -9,6 +9,7 @@ import numpy as np
 from models.errors import UserError
 
 from .base import MediaItem, MediaSource, SourceInfo, VideoFrame
+from .policy import FramePolicy, cover_size
 
 
 def _quiet_capture(cv2: Any, index: int) -> Any:
@@ -55,7 +56,7 @@ class CameraSource(MediaSource):
     def _is_open(self) -> bool:
         return self._cap is not None
 
-    def _items(self) -> Iterator[MediaItem]:
+    def _items(self, policy: Optional[FramePolicy]) -> Iterator[MediaItem]:
         import cv2
 
         # A camera has no media clock we can trust across drivers: media time is wall time since start.
@@ -73,7 +74,19 @@ class CameraSource(MediaSource):
                     return
                 raise UserError(f"camera {self.index} stopped delivering frames (unplugged or taken by "
                                 f"another program)")
-            yield VideoFrame(t=now - start, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), wall=now)
+            t = now - start
+            if policy is None:
+                yield VideoFrame(t=t, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), wall=now)
+                continue
+            # OpenCV hands BGR at full size: convert (and shrink) only what the sampler keeps.
+            keep = policy.keep(t)
+            display = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if policy.display else None
+            image = None
+            if keep:
+                rgb = display if display is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                image = rgb if policy.size is None else cv2.resize(
+                    rgb, cover_size(rgb.shape[1], rgb.shape[0], policy.size), interpolation=cv2.INTER_AREA)
+            yield VideoFrame(t=t, image=image, wall=now, keep=keep, display=display)
 
     def _release(self) -> None:
         if self._cap is not None:

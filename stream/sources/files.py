@@ -18,6 +18,7 @@ from models.media import DamagedPackets, decode_packets, media_t0
 
 from .audio import SAMPLE_RATE, AudioResampler
 from .base import AudioChunk, MediaItem, MediaSource, SourceInfo, VideoFrame
+from .policy import FramePolicy
 
 # URL schemes whose streams are live by nature (pace themselves, never "end" early).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp", "srt", "rtp", "tcp"})
@@ -127,8 +128,8 @@ class AvSource(MediaSource):
     def _is_open(self) -> bool:
         return self._container is not None
 
-    def _items(self) -> Iterator[MediaItem]:
-        return self._decode()
+    def _items(self, policy: Optional[FramePolicy]) -> Iterator[MediaItem]:
+        return self._decode(policy)
 
     def _rel(self, time_s: Optional[float]) -> Optional[float]:
         if time_s is None:
@@ -137,8 +138,11 @@ class AvSource(MediaSource):
             self._t0 = time_s
         return max(0.0, time_s - self._t0)
 
-    def _decode(self) -> Iterator[MediaItem]:
+    def _decode(self, policy: Optional[FramePolicy]) -> Iterator[MediaItem]:
         streams = [s for s in (self._video, self._audio) if s is not None]
+        if self._video is not None:
+            # FFmpeg's own frame/slice threads: the decoder no longer holds up the Python thread.
+            self._video.codec_context.thread_type = "AUTO"
         resampler = AudioResampler() if self._audio is not None else None
         next_audio_t: Optional[float] = None  # media time of the next resampled sample
         last_t = 0.0
@@ -169,11 +173,15 @@ class AvSource(MediaSource):
                 if stream is self._video:
                     t = self._rel(frame.time)
                     t = last_t if t is None else t
-                    image = frame.to_ndarray(format="rgb24")
+                    if policy is None:
+                        keep, image, display = None, frame.to_ndarray(format="rgb24"), None
+                    else:  # skipped frames stay YUV: only their time is passed on
+                        keep = policy.keep(t)
+                        image, display = policy.pixels(frame, keep)
                     if not pace(t):
                         return
                     last_t = max(last_t, t)
-                    yield VideoFrame(t=t, image=image, wall=time.perf_counter())
+                    yield VideoFrame(t=t, image=image, wall=time.perf_counter(), keep=keep, display=display)
                 else:
                     assert resampler is not None
                     t_in = self._rel(frame.time)

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from ..metrics import AUDIO_SECONDS, FRAMES_DROPPED, FRAMES_IN
 from .audio import AudioResampler
 from .base import SAMPLE_RATE, AudioChunk, VideoFrame
+from .policy import FramePolicy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class ReceivedFrame:
     frame: VideoFrame  # what the pipeline analyses
     pts: Optional[int]  # the client's own timing, kept for the returned overlay track
     time_base: Any
+    decoded: Any = None  # the av.VideoFrame itself: the overlay track converts only the frames it relays
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
 
 
 def fit_within(width: int, height: int, max_size: Optional[tuple[int, int]]) -> tuple[int, int]:
@@ -78,18 +84,20 @@ def fit_within(width: int, height: int, max_size: Optional[tuple[int, int]]) -> 
     return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
 
 
-def _to_rgb(frame: av.VideoFrame, max_size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    width, height = fit_within(frame.width, frame.height, max_size)
-    if (width, height) == (frame.width, frame.height):
-        return frame.to_ndarray(format="rgb24")
-    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()  # one swscale pass
+def _shrink(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """The same frame scaled down in its own pixel format (one swscale pass), timing kept."""
+    out = frame.reformat(width=width, height=height)
+    out.pts, out.time_base = frame.pts, frame.time_base
+    return out
 
 
-async def video_frames(track: MediaStreamTrack, clock: TrackClock,
-                       executor: Optional[concurrent.futures.Executor] = None,
+async def video_frames(track: MediaStreamTrack, clock: TrackClock, executor: Optional[concurrent.futures.Executor] = None,
+                       policy: Optional[FramePolicy] = None,
                        max_size: Optional[tuple[int, int]] = None) -> AsyncIterator[ReceivedFrame]:
-    """Frames of a remote video track until it ends; colour conversion (and scaling down to fit
-    `max_size`, (width, height)) runs on `executor`."""
+    """Frames of a remote video track until it ends; colour conversion runs on `executor`.
+    With a `policy`, only frames its sampler keeps are converted (scaled to the model's size).
+    A frame larger than `max_size` (width, height) is first scaled down, for analysis and the
+    returned video alike."""
     loop = asyncio.get_running_loop()
     offset: Optional[float] = None
     try:
@@ -98,13 +106,25 @@ async def video_frames(track: MediaStreamTrack, clock: TrackClock,
             if skipped:
                 FRAMES_DROPPED.labels("decode_backlog").inc(skipped)
             wall = time.perf_counter()
-            rgb = await loop.run_in_executor(executor, _to_rgb, frame, max_size)
+            width, height = fit_within(frame.width, frame.height, max_size)
+            if (width, height) != (frame.width, frame.height):
+                frame = await loop.run_in_executor(executor, _shrink, frame, width, height)
             since = clock.since_start(wall)
             media = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else since
             if offset is None:  # anchor the client's clock to the connection's media clock
                 offset = since - media
+            t = offset + media
+            keep: Optional[bool] = None
+            display = None
+            if policy is None:
+                image = await loop.run_in_executor(executor, _to_rgb, frame)
+            else:
+                keep = policy.keep(t)
+                image = None
+                if keep or policy.display:
+                    image, display = await loop.run_in_executor(executor, policy.pixels, frame, keep)
             FRAMES_IN.inc()
-            yield ReceivedFrame(VideoFrame(offset + media, rgb, wall), frame.pts, frame.time_base)
+            yield ReceivedFrame(VideoFrame(t, image, wall, keep, display), frame.pts, frame.time_base, frame)
     except MediaStreamError:
         return
 

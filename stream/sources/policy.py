@@ -1,0 +1,58 @@
+"""Which decoded frames become pixels, and at what size: the `FramePolicy` a source decodes with.
+
+Decoding a 30 fps camera or file costs little next to turning every frame into a full-size RGB
+array, and the sampler keeps only ~2 of 30 frames a second. With a policy, a source asks the
+stream's sampler about each frame first: a skipped frame stays a YUV frame in FFmpeg (only its time
+moves on), a kept one is converted by swscale straight to the size CLIP needs (short side = the
+model's input size, the same cover-then-centre-crop rule the backbone applies) in the same call.
+Full-size RGB is made only where something shows every frame (`display`: a live overlay).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from models.sampling import FrameSampler
+
+# swscale's bilinear widens its filter when shrinking (anti-aliased), like the backbone's own
+# bilinear+antialias resize: CLIP features of 640x480 frames vs the full-size path have cosine
+# >= 0.9993 (ViT-B-32, random weights; AREA 0.9993, BICUBIC 0.9991, FAST_BILINEAR 0.998).
+INTERPOLATION = "BILINEAR"
+
+
+def cover_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+    """(w, h) of a frame scaled so it covers `target` (h, w) with its aspect kept: the resize
+    step of the backbone's preprocessing (it then centre-crops), so its own resize becomes identity."""
+    th, tw = target
+    scale = max(th / height, tw / width)
+    return max(tw, round(width * scale)), max(th, round(height * scale))
+
+
+@dataclass(frozen=True)
+class FramePolicy:
+    """The stream's frame sampler (shared with its VideoBranch, which may lower its rate), the CLIP
+    input size (h, w) (None: keep frames full size) and whether every frame is also needed full
+    size (`display`)."""
+
+    sampler: FrameSampler
+    size: Optional[tuple[int, int]] = None
+    display: bool = False
+    interpolation: str = INTERPOLATION
+
+    def keep(self, t: float) -> bool:
+        return self.sampler.keep(t)
+
+    def pixels(self, frame: Any, keep: bool) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """(image for CLIP if kept, full-size RGB if `display`) of one `av.VideoFrame`."""
+        display = frame.to_ndarray(format="rgb24") if self.display else None
+        if not keep:
+            return None, display
+        if self.size is None:
+            return (display if display is not None else frame.to_ndarray(format="rgb24")), display
+        w, h = cover_size(frame.width, frame.height, self.size)
+        if (w, h) == (frame.width, frame.height) and display is not None:
+            return display, display
+        small = frame.reformat(width=w, height=h, format="rgb24", interpolation=self.interpolation)
+        return small.to_ndarray(), display
