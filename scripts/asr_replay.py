@@ -50,7 +50,9 @@ def make_clips(work: Path) -> dict[str, tuple[np.ndarray, str]]:
 
 def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], str, int]:
     """(per-word lag in s, final text, passes) for one clip."""
-    from stream.asr import SAMPLE_RATE, StreamingTranscriber
+    from stream.asr import StreamingTranscriber
+    from stream.asr.agreement import join_words
+    from stream.sources.audio import SAMPLE_RATE
 
     tr = StreamingTranscriber(model, asr_cfg)
     step = int(PACKET_SECONDS * SAMPLE_RATE)
@@ -61,7 +63,7 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], st
         for up in updates:
             if up.final:
                 lags.extend(max(0.0, at - w.end) for w in up.words)
-                words.extend(w.text for w in up.words)
+                words.extend(up.words)
 
     while k < len(packets):
         while k < len(packets) and packets[k][0] <= now + 1e-9:
@@ -75,7 +77,7 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], st
             now = max(now, packets[k][0])
         take(updates, now)
     take(tr.finish(), now)
-    return lags, " ".join(words), tr.passes
+    return lags, join_words(words), tr.passes
 
 
 def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .asr.agreement import Word
+from .asr.agreement import Word, join_words
 
 
 @dataclass(slots=True)
@@ -77,4 +77,4 @@ class TranscriptWindow:
 
     def text(self, end: float) -> tuple[str, int]:
         words = self.words(end)
-        return " ".join(w.text for w in words).strip(), len(words)
+        return join_words(words), len(words)

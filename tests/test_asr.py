@@ -13,11 +13,12 @@ import pytest
 from models.errors import UserError
 from scripts.media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
 from stream.asr import StreamingTranscriber, TranscriptUpdate
-from stream.asr.agreement import Word, agreement, normalize
+from stream.asr.agreement import Word, agreement, join_words, normalize, whole_words
 from stream.asr.model import load_whisper
 from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
 from stream.config import AsrConfig
 from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
+from stream.windows import TranscriptWindow
 
 SENTENCES = list(SPEECH_SCRIPT)
 FEED_SECONDS = 0.5
@@ -246,6 +247,42 @@ def test_media_time_offset(whisper, speech_clip, clip_audio):
     assert wer(SENTENCES[0], run.text) <= 0.4
     assert any(not u.final for u in run.updates), "no partial transcript"
     assert run.transcriber.processed_until == pytest.approx(100.0 + first_end / SAMPLE_RATE)
+
+
+# ------------------------------------------------------------------------------ word joining
+def test_words_join_as_whisper_spelled_them():
+    # faster-whisper splits "10 o'clock" into " 10", " o", "'clock": the last piece has no space.
+    words = [Word(0.0, 0.2, "at"), Word(0.3, 0.5, "10"), Word(0.6, 0.7, "o"), Word(0.7, 0.9, "'clock,", space=False),
+             Word(1.0, 1.2, "we"), Word(1.3, 1.5, "can't")]
+    assert join_words(words) == "at 10 o'clock, we can't"
+    assert join_words([]) == ""
+    # A commit or a forced cut never ends between "o" and "'clock".
+    assert whole_words(words, 3) == 2
+    assert whole_words(words, 4) == 4 and whole_words(words, 6) == 6 and whole_words(words, 0) == 0
+    window = TranscriptWindow(seconds=8.0)
+    window.add_final(words[:4])
+    window.set_partial(words[4:])
+    assert window.text(2.0) == ("at 10 o'clock, we can't", 6)
+
+
+@pytest.fixture(scope="session")
+def oclock_clip(tmp_path_factory) -> Path:
+    require_tools("espeak-ng")
+    path, _ = make_speech_clip(["The meeting starts at 10 o'clock, and we can't be late because it's important.",
+                                "I don't think they'll wait for us."], 0.8,
+                               tmp_path_factory.mktemp("oclock") / "oclock.wav", wpm=150)
+    return path
+
+
+def test_streaming_keeps_words_whole(whisper, oclock_clip):
+    # Real Whisper passes, live pacing: finals and partials spell "o'clock" and contractions whole.
+    run = stream_audio(whisper, AsrConfig(), load_audio_16k(oclock_clip))
+    final = " ".join(u.text for u in run.finals)
+    assert "o'clock" in final and "can't" in final, final
+    assert not any(" '" in u.text for u in run.updates), [u.text for u in run.updates]
+    words = [w for u in run.finals for w in u.words]
+    assert any(not w.space for w in words), words  # the pieces really were separate words
+    assert all(u.words[0].space for u in run.finals), "a final began inside a word"
 
 
 # ----------------------------------------------------------------------- agreement between passes

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
@@ -26,7 +26,7 @@ from models.errors import one_line
 
 from ..config import AsrConfig
 from ..sources.audio import SAMPLE_RATE
-from .agreement import Word, agreement, normalize
+from .agreement import Word, agreement, join_words, normalize, whole_words
 from .pass_decoder import Decoded, DecodedWord, PassDecoder, ShortPassDecoder
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
@@ -56,7 +56,7 @@ def _update(words: list[Word], final: bool) -> TranscriptUpdate:
         final=final,
         t_start=words[0].start,
         t_end=words[-1].end,
-        text=" ".join(w.text for w in words),
+        text=join_words(words),
         words=tuple(words),
     )
 
@@ -235,7 +235,8 @@ class StreamingTranscriber:
     def _agreement_pass(self) -> list[TranscriptUpdate]:
         new = self._new_words(self._transcribe(self._buf))
         settled = self._time(self._buf_end) - self._cfg.settle_seconds
-        agreed = agreement(self._hyp, new, settled, self._hyp_settled)
+        # Never commit part of a word: "10 o" now and "'clock" later would reach the page apart.
+        agreed = whole_words(new, agreement(self._hyp, new, settled, self._hyp_settled))
         self._hyp_settled = settled
         updates: list[TranscriptUpdate] = []
         update = self._commit(new[:agreed])
@@ -265,7 +266,7 @@ class StreamingTranscriber:
         audio_end = audio.size / SAMPLE_RATE
         while words and _dubious_tail(words[-1], audio_end):
             words.pop()
-        return [Word(offset + w.start, offset + w.end, w.word.strip()) for w in words]
+        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" ")) for w in words]
 
     def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
         """faster-whisper's own path: every pass pays for a full 30 s encoder window."""
@@ -286,7 +287,7 @@ class StreamingTranscriber:
         # Only text whose audio has left the buffer: the rest will be heard again. Each decoder
         # bounds it itself (the short window by tokens, so batched prompts come out equally long).
         limit = self._time(self._buf_start) + _TIME_TOL
-        return " ".join(w.text for w in self._committed if w.end <= limit)
+        return join_words(w for w in self._committed if w.end <= limit)
 
     # -- commits -------------------------------------------------------------------------------
     def _new_words(self, words: Iterable[Word]) -> list[Word]:
@@ -307,7 +308,7 @@ class StreamingTranscriber:
         fixed: list[Word] = []
         for w in words:  # clamp so committed timestamps never go backwards
             start = max(w.start, self._last_end)
-            fixed.append(Word(start, max(w.end, start), w.text))
+            fixed.append(replace(w, start=start, end=max(w.end, start)))
             self._last_end = fixed[-1].end
         self._committed = (self._committed + fixed)[-200:]
         return _update(fixed, final=True)
@@ -327,7 +328,7 @@ class StreamingTranscriber:
         # Safety valve when passes never agree: commit the older half of the hypothesis, then
         # drop audio so the buffer (and pass cost) stays bounded.
         limit = self._time(self._buf_end - max_len // 2)
-        old = [w for w in self._hyp if w.end <= limit]
+        old = self._hyp[:whole_words(self._hyp, sum(1 for w in self._hyp if w.end <= limit))]
         self._hyp = self._hyp[len(old):]
         update = self._commit(old)
         self._trim_to(max(self._sample(self._last_end), self._buf_end - max_len // 2))
