@@ -11,11 +11,21 @@ import numpy as np
 import pytest
 
 from models.errors import UserError
-from scripts.media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
+from scripts.media import (
+    SPEECH_SCRIPT,
+    make_music_clip,
+    make_speech_clip,
+    make_video,
+    read_wav,
+    require_tools,
+    sox_synth,
+    wer,
+)
 from stream.asr import StreamingTranscriber, TranscriptUpdate
 from stream.asr.agreement import Word, agreement, join_words, normalize, whole_words
 from stream.asr.model import load_whisper
 from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
+from stream.asr.transcriber import looks_hallucinated
 from stream.config import AsrConfig
 from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.windows import TranscriptWindow
@@ -247,6 +257,45 @@ def test_media_time_offset(whisper, speech_clip, clip_audio):
     assert wer(SENTENCES[0], run.text) <= 0.4
     assert any(not u.final for u in run.updates), "no partial transcript"
     assert run.transcriber.processed_until == pytest.approx(100.0 + first_end / SAMPLE_RATE)
+
+
+# ------------------------------------------------------------------ silence, noise and music
+NOT_SPEECH = {  # 60 s each: (generator, slow); the music ones reach Whisper (VAD hears the notes)
+    "silence": (lambda d: None, False),
+    "pink-room-noise": (lambda d: sox_synth(d / "pink.wav", 60, "pinknoise", volume=0.05), False),
+    "brown-room-noise": (lambda d: sox_synth(d / "brown.wav", 60, "brownnoise", volume=0.1), False),
+    "sawtooth-tremolo": (lambda d: sox_synth(d / "saw.wav", 60, "sawtooth", "110-220", "sawtooth", "165",
+                                             effects=("tremolo", "5", "80"), volume=0.3), False),
+    "plucked-melody": (lambda d: make_music_clip(d / "melody.wav", 60), True),
+    "melody-in-room-noise": (lambda d: make_music_clip(d / "melody-noise.wav", 60, noise_volume=0.05), True),
+}
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[slow] if s else []) for k, (_, s) in NOT_SPEECH.items()])
+def test_no_text_from_silence_noise_or_music(whisper, tmp_path_factory, kind):
+    # Whisper says "Thank you." / "Beep" to such audio: nothing may reach finals or the text window.
+    require_tools("sox")
+    path = NOT_SPEECH[kind][0](tmp_path_factory.mktemp("not-speech"))
+    audio = np.zeros(60 * SAMPLE_RATE, np.float32) if path is None else read_wav(path)[0]
+    run = stream_audio(whisper, AsrConfig(), audio)
+    assert [u.text for u in run.updates] == []
+
+
+def test_hallucination_filter_flags_whisper_on_music(whisper, tmp_path):
+    # Without the VAD gate Whisper hears words in music; every such decode must be flagged, while
+    # every decode of real speech (short buffers at an utterance's start included) is kept.
+    require_tools("sox", "espeak-ng")
+    music = read_wav(make_music_clip(tmp_path / "melody.wav", 12))[0]
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    decodes = [d for end in (1.0, 3.0, 5.0, 6.0, 8.0, 9.0, 12.0)
+               for d in window.transcribe(music[:int(end * SAMPLE_RATE)], prompt=None)]
+    with_words = [d for d in decodes if any(normalize(w.word) for w in d.words)]
+    assert with_words, "Whisper heard nothing in the music: the test no longer exercises the filter"
+    assert all(looks_hallucinated(d) for d in with_words), [(d.no_speech_prob, d.avg_logprob) for d in with_words]
+    speech = load_audio_16k(make_speech_clip(SENTENCES[:2], 0.5, tmp_path / "speech.wav", wpm=150)[0])
+    for end in (0.8, 1.5, 3.0, 6.0):
+        kept = window.transcribe(speech[:int(end * SAMPLE_RATE)], prompt=None)
+        assert kept and not looks_hallucinated(kept[0]), (end, kept)
 
 
 # ------------------------------------------------------------------------------ word joining
