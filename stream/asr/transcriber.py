@@ -84,6 +84,8 @@ def short_pass_decoder(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortP
     """The short-encoder-window decoder for this config, or None for faster-whisper's stock path."""
     if cfg.encoder_pad_seconds is None:
         return None
+    if cfg.language is None and model.model.is_multilingual:  # auto-detect: faster-whisper's own path
+        return None
     try:
         return ShortPassDecoder(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
     except Exception as exc:  # language detection, or faster-whisper internals that moved: the stock path works
