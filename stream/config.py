@@ -34,6 +34,11 @@ class AsrConfig(Section):
     # "auto" (detected every pass; 30 s encoder windows, ~7x the pass cost of a fixed language).
     language: Optional[str] = "en"
     beam_size: int = Field(1, ge=1, le=10)
+    # The decode that commits everything before a pause (rare: once per utterance); null: beam_size.
+    commit_beam_size: Optional[int] = Field(None, ge=1, le=10)
+    # A pass whose first word starts this long after the uncommitted speech skipped it: decode it
+    # again without the committed-text prompt (null: never).
+    retry_skipped_seconds: Optional[float] = Field(None, gt=0)
     chunk_seconds: float = Field(0.5, gt=0)  # live: a Whisper pass per this much new audio
     # Files (not live) need no low latency: a longer step means fewer passes (each costs a
     # padded 30 s window), so analysis runs well above real time with the same algorithm.

@@ -183,6 +183,51 @@ def test_streams_with_different_histories_share_one_batch(whisper, speech_clip, 
     assert all(got and got[0].words for got in batch)
 
 
+def test_commit_beam_decodes_in_its_own_group(whisper, speech_clip, clip_audio, monkeypatch):
+    # A pause commit asks for a wider beam: CTranslate2 takes one beam size per generate call, so the
+    # batch splits by beam, and each buffer still gets its own words.
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    buffers = [clip_audio[int((s - 0.3) * SAMPLE_RATE):int((e + 0.3) * SAMPLE_RATE)] for _, s, e in speech_clip[1][:3]]
+    groups: list[tuple[int, int]] = []
+    decode = window._decode
+    monkeypatch.setattr(window, "_decode", lambda audios, prev, contents, beam:
+                        groups.append((len(audios), beam)) or decode(audios, prev, contents, beam))
+    batch = window.transcribe_batch(buffers, [None] * 3, [None, 5, None])
+    assert sorted(groups) == [(1, 5), (2, 1)], groups
+    for (sentence, _, _), got in zip(speech_clip[1][:3], batch):
+        assert wer(sentence, " ".join(w.word for w in got[0].words)) <= 0.25, got
+
+
+def test_a_pass_that_skipped_speech_is_decoded_again_without_the_prompt():
+    from stream.asr.pass_decoder import Decoded, DecodedWord
+
+    class Skipping:  # with a prompt, the decoder jumps to the last word and stretches it back
+        def __init__(self) -> None:
+            self.prompts: list = []
+
+        def transcribe(self, audio, prompt, beam_size=None):
+            self.prompts.append(prompt)
+            end = audio.size / SAMPLE_RATE
+            if prompt:
+                words = [DecodedWord(0.0, end - 0.2, " later", 0.9)]
+            else:
+                words = [DecodedWord(0.4 * i, 0.4 * i + 0.3, f" w{i}", 0.9) for i in range(int(end / 0.4) - 1)]
+            return [Decoded(words, 0.01, -0.2)]
+
+    decoder = Skipping()
+    cfg = AsrConfig(vad=False, retry_skipped_seconds=1.5)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=decoder)
+    tr._commit([Word(0.0, 0.3, "hello.")])
+    tr._buf_start = SAMPLE_RATE  # committed text has left the buffer: the next pass gets a prompt
+    tr._last_end = 1.0
+    tr.feed(np.full(4 * SAMPLE_RATE, 0.1, np.float32))
+    updates = tr.process()
+    assert decoder.prompts == ["hello.", None] and tr.retries == 1
+    heard = [w.text for u in updates for w in u.words]
+    assert heard[:3] == ["w0", "w1", "w2"] and "later" not in heard, heard  # the retry's words won
+    assert tr.stats()["retries"] == 1
+
+
 def test_short_window_on_silence_says_nothing(whisper):
     window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
@@ -431,7 +476,7 @@ def test_feed_accepts_pcm16():
         def __init__(self) -> None:
             self.audio: list[np.ndarray] = []
 
-        def transcribe(self, audio: np.ndarray, prompt):
+        def transcribe(self, audio: np.ndarray, prompt, beam_size=None):
             self.audio.append(audio)
             return []
 

@@ -80,6 +80,15 @@ def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
     return word.probability < 0.1 or squeezed
 
 
+def _uncovered(words: list[DecodedWord], start: float, end: float) -> float:
+    """Longest stretch of (start, end) that `words` leave unheard: before the first new word, a
+    word longer than any spoken one (the alignment stretched it over skipped audio), after the last."""
+    new = [w for w in words if w.end > start]
+    if not new:
+        return end - start
+    return max(new[0].start - start, end - new[-1].end, *(w.end - w.start for w in new))
+
+
 def short_pass_decoder(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortPassDecoder]:
     """The short-encoder-window decoder for this config, or None for faster-whisper's stock path."""
     if cfg.encoder_pad_seconds is None:
@@ -118,6 +127,7 @@ class StreamingTranscriber:
         self._hyp: list[Word] = []  # previous pass's uncommitted words (LocalAgreement)
         self._hyp_settled = t0  # words of _hyp ending after this were at that pass's audio edge
         self.passes = 0
+        self.retries = 0  # passes decoded again because the first skipped speech
         self.transcribe_seconds = 0.0
         self.vad_seconds = 0.0
 
@@ -146,6 +156,7 @@ class StreamingTranscriber:
     def stats(self) -> dict[str, float]:
         return {
             "passes": self.passes,
+            "retries": self.retries,
             "transcribe_seconds": self.transcribe_seconds,
             "vad_seconds": self.vad_seconds,
             "audio_seconds": self.audio_seconds,
@@ -232,7 +243,7 @@ class StreamingTranscriber:
         words: list[Word] = []
         pause = self._time(self._buf_start + end)
         if pause > self._last_end + _TIME_TOL:
-            words = self._new_words(self._transcribe(self._buf[:end]))
+            words = self._new_words(self._transcribe(self._buf[:end], self._cfg.commit_beam_size))
             if not words:  # a failed decode must not lose what the previous pass heard before the pause
                 words = [w for w in self._hyp if w.end <= pause + _TIME_TOL]
         self._hyp = []
@@ -258,14 +269,30 @@ class StreamingTranscriber:
             updates.append(_update(self._hyp, final=False))
         return updates
 
-    def _transcribe(self, audio: np.ndarray) -> list[Word]:
+    def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None) -> list[Word]:
         offset = self._time(self._buf_start)
-        began = time.perf_counter()
         prompt = self._prompt() or None
+        words = self._decode_words(audio, prompt, beam_size)
+        # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
+        # sentence and the alignment stretches a word over the skipped audio. Decode once more
+        # without the prompt and keep whichever leaves less speech uncovered.
+        skip = self._cfg.retry_skipped_seconds
+        if skip is not None and words and _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) > skip:
+            again = self._decode_words(audio, None, beam_size)
+            self.retries += 1
+            if again and _uncovered(again, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) < \
+                    _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE):
+                words = again
+        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" ")) for w in words]
+
+    def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int]) -> list[DecodedWord]:
+        """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""
+        began = time.perf_counter()
         if self._decoder is not None:
-            segments = self._decoder.transcribe(audio, prompt)
+            segments = self._decoder.transcribe(audio, prompt, beam_size) if beam_size else \
+                self._decoder.transcribe(audio, prompt)
         else:
-            segments = self._transcribe_full(audio, prompt)
+            segments = self._transcribe_full(audio, prompt, beam_size or self._cfg.beam_size)
         self.transcribe_seconds += time.perf_counter() - began
         self.passes += 1
         segments = [seg for seg in segments if not looks_hallucinated(seg)]
@@ -273,14 +300,14 @@ class StreamingTranscriber:
         audio_end = audio.size / SAMPLE_RATE
         while words and _dubious_tail(words[-1], audio_end):
             words.pop()
-        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" ")) for w in words]
+        return words
 
-    def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
+    def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str], beam_size: int) -> list[Decoded]:
         """faster-whisper's own path: every pass pays for a full 30 s encoder window."""
         segments, _info = self._model.transcribe(
             audio,
             language=self._cfg.language,
-            beam_size=self._cfg.beam_size,
+            beam_size=beam_size,
             temperature=0.0,  # no fallback re-decodes: agreement already rejects unstable text
             word_timestamps=True,
             condition_on_previous_text=False,
