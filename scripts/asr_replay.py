@@ -7,7 +7,12 @@ patterns, because one clip's WER swings by +-0.05 with where passes happen to fa
 
     python scripts/asr_replay.py --json out.json --set asr.chunk_seconds=0.5 [--set ...]
 
-Each `--variant NAME:KEY=VALUE,KEY=VALUE` adds a configuration to compare in the same run.
+`--clips eval` (default) is the 14-clip set of `asr_eval_set.py` (tuning and held-back halves,
+voices, rates, numbers, pauses, noise); `--clips legacy` the 4 clips the defaults were tuned on.
+Modes: live (the virtual clock above, `asr.chunk_seconds`), file (the same transcriber with
+`asr.file_chunk_seconds`, as `sentistream run` on a file) and offline (faster-whisper's
+`transcribe` on the whole clip, beam 5: the ceiling). Each `--variant NAME:KEY=VALUE,KEY=VALUE`
+adds a configuration to compare in the same run.
 """
 from __future__ import annotations
 
@@ -28,29 +33,37 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKET_SECONDS = 0.02
 
 
-def make_clips(work: Path) -> dict[str, tuple[np.ndarray, str]]:
+def make_legacy_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
     from media import SPEECH_SCRIPT, make_speech_clip
 
     from stream.sources.audio import load_audio_16k
 
-    clips: dict[str, tuple[np.ndarray, str]] = {}
+    clips: dict[str, tuple[np.ndarray, str, str]] = {}
     for name, sentences, pause, wpm in (("script-150wpm", list(SPEECH_SCRIPT), 1.0, 150),
                                         ("reversed-190wpm", list(SPEECH_SCRIPT[::-1]), 0.4, 190)):
         wav, _ = make_speech_clip(sentences, pause, work / f"{name}.wav", wpm=wpm)
-        clips[name] = (load_audio_16k(wav), " ".join(sentences))
+        clips[name] = (load_audio_16k(wav), " ".join(sentences), "legacy")
     for name, voice, wpm, gap, text in (("en-gb-170wpm", "en-gb", 170, 10, " ".join(SPEECH_SCRIPT[2:6])),
                                         ("monologue-165wpm", "en-us", 165, 2, " ".join(SPEECH_SCRIPT))):
         wav = work / f"{name}.wav"  # one espeak-ng call: short, natural pauses only
         if not wav.exists():
             subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-g", str(gap), "-w", str(wav), text],
                            check=True, capture_output=True)
-        clips[name] = (load_audio_16k(wav), text)
+        clips[name] = (load_audio_16k(wav), text, "legacy")
     return clips
 
 
-def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], str, int]:
+def make_eval_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
+    from asr_eval_set import CLIPS, render
+
+    return {c.name: (render(c, work / "eval"), c.reference, c.split) for c in CLIPS}
+
+
+def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter) -> tuple[list[float], str, int]:
     """(per-word lag in s, final text, passes) for one clip."""
-    from stream.asr import SAMPLE_RATE, StreamingTranscriber
+    from stream.asr import StreamingTranscriber
+    from stream.asr.agreement import join_words
+    from stream.sources.audio import SAMPLE_RATE
 
     tr = StreamingTranscriber(model, asr_cfg)
     step = int(PACKET_SECONDS * SAMPLE_RATE)
@@ -61,24 +74,61 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray) -> tuple[list[float], st
         for up in updates:
             if up.final:
                 lags.extend(max(0.0, at - w.end) for w in up.words)
-                words.extend(w.text for w in up.words)
+                words.extend(up.words)
 
     while k < len(packets):
         while k < len(packets) and packets[k][0] <= now + 1e-9:
             tr.feed(packets[k][1])
             k += 1
-        passes, began = tr.passes, time.perf_counter()
+        passes, began = tr.passes, clock()
         updates = tr.process()
         if tr.passes > passes:
-            now += time.perf_counter() - began
+            now += clock() - began
         elif k < len(packets):
             now = max(now, packets[k][0])
         take(updates, now)
     take(tr.finish(), now)
-    return lags, " ".join(words), tr.passes
+    return lags, join_words(words), tr.passes
 
 
-def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str]]) -> dict[str, Any]:
+def file_mode(model: Any, asr_cfg: Any, audio: np.ndarray) -> str:
+    """The transcriber as file analysis runs it: `file_chunk_seconds` steps, no clock."""
+    from stream.asr import StreamingTranscriber
+    from stream.asr.agreement import join_words
+
+    tr = StreamingTranscriber(model, asr_cfg.model_copy(update={"chunk_seconds": asr_cfg.file_chunk_seconds}))
+    words: list = []
+    step = 16000 // 2
+    for i in range(0, audio.size, step):
+        tr.feed(audio[i:i + step])
+        words += [w for u in tr.process() if u.final for w in u.words]
+    words += [w for u in tr.finish() if u.final for w in u.words]
+    return join_words(words)
+
+
+def offline(model: Any, audio: np.ndarray) -> str:
+    segments, _ = model.transcribe(audio, language="en", beam_size=5)
+    return " ".join(s.text.strip() for s in segments)
+
+
+def _ms(values: list[float], q: float) -> Optional[int]:
+    return round(float(np.percentile(values, q)) * 1000) if values else None
+
+
+def summarize(rows: list[dict[str, Any]], lags: dict[str, list[float]]) -> dict[str, Any]:
+    """Per split: mean clip WER per mode and lag percentiles over all of its words."""
+    out: dict[str, Any] = {}
+    for split in sorted({r["split"] for r in rows}):
+        mine = [r for r in rows if r["split"] == split]
+        words = [x for r in mine for x in lags[r["clip"]]]
+        out[split] = {"clips": len(mine), "lag_p50_ms": _ms(words, 50), "lag_p95_ms": _ms(words, 95),
+                      **{f"{m}_wer": round(float(np.mean([r[f"{m}_wer"] for r in mine])), 4)
+                         for m in ("live", "file", "offline") if all(f"{m}_wer" in r for r in mine)}}
+    return out
+
+
+def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str, str]],
+                modes: list[str], offline_wer: dict[str, float], clock: Any = time.perf_counter) -> dict[str, Any]:
     from media import wer
 
     from stream.asr.model import load_whisper
@@ -86,15 +136,23 @@ def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarr
 
     cfg = load_config(str(ROOT / "configs" / "default.yaml"), [*base, *overrides]).asr
     model = load_whisper(cfg)
-    rows, all_lags = [], []
-    for name, (audio, reference) in clips.items():
-        lags, text, passes = replay(model, cfg, audio)
-        all_lags += lags
-        rows.append({"clip": name, "seconds": round(audio.size / 16000, 1), "wer": round(wer(reference, text), 4),
-                     "lag_p50_ms": round(float(np.percentile(lags, 50)) * 1000),
-                     "lag_p95_ms": round(float(np.percentile(lags, 95)) * 1000), "passes": passes})
-    return {"overrides": overrides, "clips": rows, "mean_wer": round(float(np.mean([r["wer"] for r in rows])), 4),
-            "lag_p95_ms_all_words": round(float(np.percentile(all_lags, 95)) * 1000)}
+    rows, lags_by_clip = [], {}
+    for name, (audio, reference, split) in clips.items():
+        row: dict[str, Any] = {"clip": name, "split": split, "seconds": round(audio.size / 16000, 1)}
+        lags: list[float] = []
+        if "live" in modes:
+            lags, text, passes = replay(model, cfg, audio, clock)
+            row.update(live_wer=round(wer(reference, text), 4), lag_p50_ms=_ms(lags, 50), lag_p95_ms=_ms(lags, 95),
+                       passes=passes, live_text=text)
+        if "file" in modes:
+            row["file_wer"] = round(wer(reference, file_mode(model, cfg, audio)), 4)
+        if "offline" in modes:
+            if name not in offline_wer:  # the same for every variant of one model
+                offline_wer[name] = round(wer(reference, offline(model, audio)), 4)
+            row["offline_wer"] = offline_wer[name]
+        lags_by_clip[name] = lags
+        rows.append(row)
+    return {"overrides": overrides, "clips": rows, "summary": summarize(rows, lags_by_clip)}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -105,25 +163,39 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a configuration to compare (default: the config alone)")
     p.add_argument("--work-dir", default="/tmp/sentistream-asr-replay", help="generated clips are kept here")
+    p.add_argument("--clips", choices=("eval", "legacy"), default="eval",
+                   help="eval: the 14-clip set with tuning/held-back halves; legacy: the 4 tuned-on clips")
+    p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="eval clips to run")
+    p.add_argument("--modes", default="live,file,offline", help="comma list of live, file, offline")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what a pass costs on the virtual clock: wall time (a quiet machine), or the process's "
+                        "CPU time (a shared machine, where waiting for a core is not the pass's cost)")
     return p.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # this checkout's `stream`, not an installed one
     if shutil.which("espeak-ng") is None:
         print("error: needs espeak-ng on PATH (make apt)", file=sys.stderr)
         return 2
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    clips = make_clips(work)
+    clips = make_eval_clips(work) if args.clips == "eval" else make_legacy_clips(work)
+    clips = {k: v for k, v in clips.items() if args.split in ("all", v[2])}
+    modes = [m for m in args.modes.split(",") if m]
     variants = [v.partition(":") for v in args.variant] or [("default", ":", "")]
     out: dict[str, Any] = {"command": " ".join(["python scripts/asr_replay.py", *(argv or sys.argv[1:])]), "variants": {}}
+    offline_wer: dict[str, float] = {}
     for name, _, spec in variants:
         overrides = [s for s in spec.split(",") if s]
-        res = run_variant(args.base, overrides, clips)
+        res = run_variant(args.base, overrides, clips, modes, offline_wer,
+                          time.process_time if args.clock == "cpu" else time.perf_counter)
         out["variants"][name] = res
-        print(f"{name:>24}: mean WER {res['mean_wer']:.3f}, lag p95 {res['lag_p95_ms_all_words']} ms  "
-              + " ".join(f"[{r['clip']} {r['wer']:.3f} {r['lag_p95_ms']}ms]" for r in res["clips"]), flush=True)
+        for r in res["clips"]:
+            print(f"  {name}: " + " ".join(f"{k}={v}" for k, v in r.items() if k != "live_text"), flush=True)
+        for split, summ in res["summary"].items():
+            print(f"{name:>24} [{split}]: " + " ".join(f"{k}={v}" for k, v in summ.items()), flush=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0
 

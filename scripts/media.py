@@ -104,6 +104,7 @@ def make_speech_clip(
     path: Path | str,
     wpm: int = 160,
     lead_s: Optional[float] = None,
+    voice: str = "en-us",
 ) -> tuple[Path, list[tuple[str, float, float]]]:
     """Sentences spoken one after another with `pause_s` of silence between them (and `lead_s`,
     default pause_s, before the first and after the last). Returns the WAV and, per sentence,
@@ -114,8 +115,8 @@ def make_speech_clip(
     timings: list[tuple[str, float, float]] = []
     cursor = len(parts[0])
     for i, sentence in enumerate(sentences):
-        voice = speak(sentence, path.with_name(f"{path.stem}.s{i}.wav"), wpm=wpm)
-        audio, rate = read_wav(voice)
+        spoken = speak(sentence, path.with_name(f"{path.stem}.s{i}.wav"), wpm=wpm, voice=voice)
+        audio, rate = read_wav(spoken)
         assert rate == ESPEAK_RATE, rate
         audio = _trim_silence(audio)
         timings.append((sentence, cursor / rate, (cursor + audio.size) / rate))
@@ -125,6 +126,47 @@ def make_speech_clip(
     if not path.exists():
         write_wav(path, np.concatenate(parts), ESPEAK_RATE)
     return path, timings
+
+
+def sox_synth(path: Path | str, seconds: float, *synth: str, volume: float = 1.0, effects: Sequence[str] = ()) -> Path:
+    """`sox -n ... synth SECONDS <synth...> <effects...>` at 16 kHz mono: noise ("pinknoise",
+    "brownnoise") or tones ("sawtooth", "110-220"); `volume` scales the amplitude."""
+    path = Path(path)
+    if not path.exists():
+        tmp = path.with_suffix(".part.wav")
+        _run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(tmp), "synth", f"{seconds:g}", *synth,
+              *effects, "vol", f"{volume:g}"])
+        tmp.replace(path)
+    return path
+
+
+def make_music_clip(path: Path | str, seconds: float, noise_volume: float = 0.0) -> Path:
+    """Music-like audio from sox: a plucked-string melody (C4 E4 G4 C5 A3 F4, 0.45 s a note) looped
+    to `seconds`, optionally mixed with pink room noise at `noise_volume`."""
+    path = Path(path)
+    if path.exists():
+        return path
+    notes = [str(sox_synth(path.with_name(f"{path.stem}.{n}.wav"), 0.45, "pluck", n, volume=0.6))
+             for n in ("C4", "E4", "G4", "C5", "A3", "F4")]
+    loops = int(np.ceil(seconds / (0.45 * len(notes))))
+    melody = path.with_name(f"{path.stem}.melody.wav")
+    _run(["sox", *notes, str(melody), "repeat", str(loops - 1), "trim", "0", f"{seconds:g}"])
+    if noise_volume <= 0:
+        melody.replace(path)
+        return path
+    noise = sox_synth(path.with_name(f"{path.stem}.noise.wav"), seconds, "pinknoise", volume=noise_volume)
+    _run(["sox", "-m", str(melody), str(noise), str(path)])
+    return path
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """`speech` plus `noise` (looped/cut to length) scaled so speech power / noise power = snr_db,
+    speech power measured over its audible samples (pauses do not dilute it)."""
+    noise = np.resize(noise, speech.size)
+    loud = np.abs(speech) > 0.01
+    p_speech = float(np.mean(speech[loud] ** 2)) if loud.any() else 0.0
+    p_noise = float(np.mean(noise ** 2)) or 1.0
+    return (speech + noise * np.sqrt(p_speech / (p_noise * 10 ** (snr_db / 10)))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------- video

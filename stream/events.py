@@ -30,10 +30,28 @@ def encode_event(event: dict[str, Any]) -> str:
     return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
+MULTILINGUAL_TEXT_TOWER = "--set vision.model=xlm-roberta-base-ViT-B-32 --set vision.pretrained=laion5b_s13b_b90k"
+
+
+def text_language_warning(language: Optional[str], vision_model: str) -> Optional[str]:
+    """One line when transcripts may be in a language the CLIP text tower was not trained on
+    (ViT-B-32 and the other stock towers are English-only; the xlm-roberta ones read ~100 languages)."""
+    if language == "en" or any(k in vision_model.lower() for k in ("xlm-roberta", "mt5", "multilingual")):
+        return None
+    said = f"asr.language={language}" if language else "asr.language=auto (speech other than English)"
+    return (f"{said}: the {vision_model} text tower is English-trained and misreads other languages; "
+            f"for a multilingual text tower use {MULTILINGUAL_TEXT_TOWER}")
+
+
 def input_warnings(description: str, *, weights: str, has_video: bool, has_audio: bool, asr_enabled: bool,
-                   video_track: str = "video track", audio_track: str = "audio track") -> list[str]:
-    """What a user must know about an input before its estimates: random weights, a missing modality."""
+                   video_track: str = "video track", audio_track: str = "audio track",
+                   language: Optional[str] = "en", vision_model: str = "") -> list[str]:
+    """What a user must know about an input before its estimates: random weights, a missing modality,
+    a transcript language the text tower cannot read."""
     out = [RANDOM_WEIGHTS_WARNING] if weights == "random" else []
+    note = text_language_warning(language, vision_model) if has_audio and asr_enabled else None
+    if note:
+        out.append(note)
     if not has_audio:
         out.append(f"{description} has no {audio_track}: visual-only estimates (text weight 0)")
     elif not asr_enabled:

@@ -118,7 +118,8 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
             for _ in range(streams):
                 runtimes.append(await asyncio.to_thread(build_runtime_blocking, cfg, info.has_audio, False))
         for message in input_warnings(info.description, weights=runtimes[0].engine.weights, has_video=info.has_video,
-                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled):
+                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled,
+                                      language=cfg.asr.language, vision_model=cfg.vision.model):
             _warn(message)
         origin = time.perf_counter()
         emit = on_event or (lambda event: None)

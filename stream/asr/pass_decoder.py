@@ -72,7 +72,7 @@ class PassDecoder(Protocol):
     """What a transcriber decodes one pass with: a ShortPassDecoder, or a BatchedPassDecoder that
     joins other streams' passes."""
 
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]: ...
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None) -> list[Decoded]: ...
 
 
 class ShortPassDecoder:
@@ -92,31 +92,36 @@ class ShortPassDecoder:
                                     language=language if multilingual else "en")
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
 
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
-        """`audio` (float32 16 kHz, <= 30 s) -> at most one Decoded; `prompt` conditions the decoder."""
-        return self.transcribe_batch([audio], [prompt])[0]
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None) -> list[Decoded]:
+        """`audio` (float32 16 kHz, <= 30 s) -> at most one Decoded; `prompt` conditions the decoder;
+        `beam_size` overrides the decoder's for this pass (a commit at a pause can afford a beam)."""
+        return self.transcribe_batch([audio], [prompt], [beam_size])[0]
 
-    def transcribe_batch(self, audios: Sequence[np.ndarray], prompts: Sequence[Optional[str]]) -> list[list[Decoded]]:
+    def transcribe_batch(self, audios: Sequence[np.ndarray], prompts: Sequence[Optional[str]],
+                         beam_sizes: Optional[Sequence[Optional[int]]] = None) -> list[list[Decoded]]:
         """Several buffers (of several streams) in one encode, one decode and one alignment, each
         padded with silence to the longest one's window. CTranslate2 needs the decoder prompts of a
-        batch to be equally long, so prompts keep their last `_PROMPT_TOKENS` tokens and buffers
-        with shorter ones (a stream's first sentences) are decoded in a group of their own."""
+        batch to be equally long and one beam size, so prompts keep their last `_PROMPT_TOKENS`
+        tokens and buffers with shorter ones (a stream's first sentences) or another beam size are
+        decoded in a group of their own."""
         tokenizer = self._tokenizer
+        beams = [b or self._beam_size for b in (beam_sizes or [None] * len(audios))]
         previous = [tokenizer.encode(" " + p.strip())[-_PROMPT_TOKENS:] if p else [] for p in prompts]
         contents = [min(int(a.size // _HOP), MAX_FRAMES) for a in audios]
         out: list[list[Decoded]] = [[] for _ in audios]
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, c in enumerate(contents):
             if c >= 2:  # under two frames there is nothing to encode
-                groups.setdefault(len(previous[i]), []).append(i)
-        for members in groups.values():
+                groups.setdefault((len(previous[i]), beams[i]), []).append(i)
+        for (_, beam), members in groups.items():
             decoded = self._decode([audios[i] for i in members], [previous[i] for i in members],
-                                   [contents[i] for i in members])
+                                   [contents[i] for i in members], beam)
             for i, result in zip(members, decoded):
                 out[i] = result
         return out
 
-    def _decode(self, audios: list[np.ndarray], previous: list[list[int]], contents: list[int]) -> list[list[Decoded]]:
+    def _decode(self, audios: list[np.ndarray], previous: list[list[int]], contents: list[int],
+                beam_size: int) -> list[list[Decoded]]:
         from faster_whisper.transcribe import merge_punctuations
 
         model, tokenizer = self._model, self._tokenizer
@@ -126,7 +131,7 @@ class ShortPassDecoder:
         budgets = [_MIN_NEW_TOKENS + int(_TOKENS_PER_SECOND * c / FRAMES_PER_SECOND) for c in contents]
         results: Any = model.model.generate(
             encoded, starts,
-            beam_size=self._beam_size,
+            beam_size=beam_size,
             max_length=min(model.max_length, len(starts[0]) + max(budgets)),
             return_scores=True,
             return_no_speech_prob=True,

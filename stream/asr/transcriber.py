@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
@@ -26,7 +26,7 @@ from models.errors import one_line
 
 from ..config import AsrConfig
 from ..sources.audio import SAMPLE_RATE
-from .agreement import Word, agreement, normalize
+from .agreement import Word, agreement, join_words, normalize, whole_words
 from .pass_decoder import Decoded, DecodedWord, PassDecoder, ShortPassDecoder
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
@@ -40,6 +40,7 @@ _TIME_TOL = 0.1  # s: words starting this much before the last commit are treate
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
 _SENTENCE_END = (".", "?", "!")
+_NO_SPEECH, _SURE_NO_SPEECH, _LOW_LOGPROB = 0.5, 0.7, -0.8  # see looks_hallucinated
 
 # ---------------------------------------------------------------------------------- data types
 @dataclass(frozen=True, slots=True)
@@ -56,14 +57,19 @@ def _update(words: list[Word], final: bool) -> TranscriptUpdate:
         final=final,
         t_start=words[0].start,
         t_end=words[-1].end,
-        text=" ".join(w.text for w in words),
+        text=join_words(words),
         words=tuple(words),
     )
 
 
-def _looks_hallucinated(segment: Decoded) -> bool:
-    # tiny models invent "Thank you." / "." after speech ends: likely silence, low confidence.
-    return segment.no_speech_prob > 0.5 and segment.avg_logprob < -0.8
+def looks_hallucinated(segment: Decoded) -> bool:
+    """Whisper's habit on silence, noise and music: "Thank you.", "Beep", "I'm gonna play the
+    game." with a high no-speech probability. Measured (tiny.en, short window): real speech stays
+    at no_speech_prob <= 0.46 even for a 0.3 s buffer at an utterance's start; sox music and noise
+    decodes sit at 0.52-0.93, and those under 0.7 have avg_logprob < -0.8. The confident
+    "Thank you." (logprob -0.45) is why a high no-speech probability alone suffices."""
+    nsp = segment.no_speech_prob
+    return nsp >= _SURE_NO_SPEECH or (nsp > _NO_SPEECH and segment.avg_logprob < _LOW_LOGPROB)
 
 
 def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
@@ -74,9 +80,20 @@ def _dubious_tail(word: DecodedWord, audio_end: float) -> bool:
     return word.probability < 0.1 or squeezed
 
 
+def _uncovered(words: list[DecodedWord], start: float, end: float) -> float:
+    """Longest stretch of (start, end) that `words` leave unheard: before the first new word, a
+    word longer than any spoken one (the alignment stretched it over skipped audio), after the last."""
+    new = [w for w in words if w.end > start]
+    if not new:
+        return end - start
+    return max(new[0].start - start, end - new[-1].end, *(w.end - w.start for w in new))
+
+
 def short_pass_decoder(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortPassDecoder]:
     """The short-encoder-window decoder for this config, or None for faster-whisper's stock path."""
     if cfg.encoder_pad_seconds is None:
+        return None
+    if cfg.language is None and model.model.is_multilingual:  # auto-detect: faster-whisper's own path
         return None
     try:
         return ShortPassDecoder(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds)
@@ -110,6 +127,7 @@ class StreamingTranscriber:
         self._hyp: list[Word] = []  # previous pass's uncommitted words (LocalAgreement)
         self._hyp_settled = t0  # words of _hyp ending after this were at that pass's audio edge
         self.passes = 0
+        self.retries = 0  # passes decoded again because the first skipped speech
         self.transcribe_seconds = 0.0
         self.vad_seconds = 0.0
 
@@ -138,6 +156,7 @@ class StreamingTranscriber:
     def stats(self) -> dict[str, float]:
         return {
             "passes": self.passes,
+            "retries": self.retries,
             "transcribe_seconds": self.transcribe_seconds,
             "vad_seconds": self.vad_seconds,
             "audio_seconds": self.audio_seconds,
@@ -224,7 +243,7 @@ class StreamingTranscriber:
         words: list[Word] = []
         pause = self._time(self._buf_start + end)
         if pause > self._last_end + _TIME_TOL:
-            words = self._new_words(self._transcribe(self._buf[:end]))
+            words = self._new_words(self._transcribe(self._buf[:end], self._cfg.commit_beam_size))
             if not words:  # a failed decode must not lose what the previous pass heard before the pause
                 words = [w for w in self._hyp if w.end <= pause + _TIME_TOL]
         self._hyp = []
@@ -235,7 +254,8 @@ class StreamingTranscriber:
     def _agreement_pass(self) -> list[TranscriptUpdate]:
         new = self._new_words(self._transcribe(self._buf))
         settled = self._time(self._buf_end) - self._cfg.settle_seconds
-        agreed = agreement(self._hyp, new, settled, self._hyp_settled)
+        # Never commit part of a word: "10 o" now and "'clock" later would reach the page apart.
+        agreed = whole_words(new, agreement(self._hyp, new, settled, self._hyp_settled))
         self._hyp_settled = settled
         updates: list[TranscriptUpdate] = []
         update = self._commit(new[:agreed])
@@ -249,30 +269,45 @@ class StreamingTranscriber:
             updates.append(_update(self._hyp, final=False))
         return updates
 
-    def _transcribe(self, audio: np.ndarray) -> list[Word]:
+    def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None) -> list[Word]:
         offset = self._time(self._buf_start)
-        began = time.perf_counter()
         prompt = self._prompt() or None
+        words = self._decode_words(audio, prompt, beam_size)
+        # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
+        # sentence and the alignment stretches a word over the skipped audio. Decode once more
+        # without the prompt and keep whichever leaves less speech uncovered.
+        skip = self._cfg.retry_skipped_seconds
+        if skip is not None and words and _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) > skip:
+            again = self._decode_words(audio, None, beam_size)
+            self.retries += 1
+            if again and _uncovered(again, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) < \
+                    _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE):
+                words = again
+        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" ")) for w in words]
+
+    def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int]) -> list[DecodedWord]:
+        """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""
+        began = time.perf_counter()
         if self._decoder is not None:
-            segments = self._decoder.transcribe(audio, prompt)
+            segments = self._decoder.transcribe(audio, prompt, beam_size) if beam_size else \
+                self._decoder.transcribe(audio, prompt)
         else:
-            segments = self._transcribe_full(audio, prompt)
+            segments = self._transcribe_full(audio, prompt, beam_size or self._cfg.beam_size)
         self.transcribe_seconds += time.perf_counter() - began
         self.passes += 1
-        while segments and _looks_hallucinated(segments[-1]):
-            segments.pop()
+        segments = [seg for seg in segments if not looks_hallucinated(seg)]
         words = [w for seg in segments for w in (seg.words or []) if normalize(w.word)]
         audio_end = audio.size / SAMPLE_RATE
         while words and _dubious_tail(words[-1], audio_end):
             words.pop()
-        return [Word(offset + w.start, offset + w.end, w.word.strip()) for w in words]
+        return words
 
-    def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str]) -> list[Decoded]:
+    def _transcribe_full(self, audio: np.ndarray, prompt: Optional[str], beam_size: int) -> list[Decoded]:
         """faster-whisper's own path: every pass pays for a full 30 s encoder window."""
         segments, _info = self._model.transcribe(
             audio,
             language=self._cfg.language,
-            beam_size=self._cfg.beam_size,
+            beam_size=beam_size,
             temperature=0.0,  # no fallback re-decodes: agreement already rejects unstable text
             word_timestamps=True,
             condition_on_previous_text=False,
@@ -286,7 +321,7 @@ class StreamingTranscriber:
         # Only text whose audio has left the buffer: the rest will be heard again. Each decoder
         # bounds it itself (the short window by tokens, so batched prompts come out equally long).
         limit = self._time(self._buf_start) + _TIME_TOL
-        return " ".join(w.text for w in self._committed if w.end <= limit)
+        return join_words(w for w in self._committed if w.end <= limit)
 
     # -- commits -------------------------------------------------------------------------------
     def _new_words(self, words: Iterable[Word]) -> list[Word]:
@@ -307,7 +342,7 @@ class StreamingTranscriber:
         fixed: list[Word] = []
         for w in words:  # clamp so committed timestamps never go backwards
             start = max(w.start, self._last_end)
-            fixed.append(Word(start, max(w.end, start), w.text))
+            fixed.append(replace(w, start=start, end=max(w.end, start)))
             self._last_end = fixed[-1].end
         self._committed = (self._committed + fixed)[-200:]
         return _update(fixed, final=True)
@@ -327,7 +362,7 @@ class StreamingTranscriber:
         # Safety valve when passes never agree: commit the older half of the hypothesis, then
         # drop audio so the buffer (and pass cost) stays bounded.
         limit = self._time(self._buf_end - max_len // 2)
-        old = [w for w in self._hyp if w.end <= limit]
+        old = self._hyp[:whole_words(self._hyp, sum(1 for w in self._hyp if w.end <= limit))]
         self._hyp = self._hyp[len(old):]
         update = self._commit(old)
         self._trim_to(max(self._sample(self._last_end), self._buf_end - max_len // 2))

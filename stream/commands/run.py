@@ -91,7 +91,8 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     try:
         runtime = await build_runtime(cfg, need_asr=info.has_audio)
         for message in input_warnings(info.description, weights=runtime.engine.weights, has_video=info.has_video,
-                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled):
+                                      has_audio=info.has_audio, asr_enabled=cfg.asr.enabled,
+                                      language=cfg.asr.language, vision_model=cfg.vision.model):
             _warn(sink, stream_name, message)
         session = StreamSession(stream_name, runtime, sink.emit, live=info.live, has_video=info.has_video, has_audio=info.has_audio)
         runner = asyncio.create_task(session.run())

@@ -97,7 +97,8 @@ class Connection:
         await pc.setLocalDescription(answer)  # non-trickle: waits for ICE gathering
         for message in input_warnings("this call", weights=self.rt.engine.weights, has_video=video is not None,
                                       has_audio=audio is not None, asr_enabled=self.session.has_audio,
-                                      video_track="camera track", audio_track="microphone track"):
+                                      video_track="camera track", audio_track="microphone track",
+                                      language=self.rt.cfg.asr.language, vision_model=self.rt.cfg.vision.model):
             self.emit(make_event("warning", self.id, 0.0, message=message))
         self.runner = asyncio.create_task(self.session.run(), name=f"conn-{self.id}-session")
         self.runner.add_done_callback(self._on_session_done)
