@@ -129,7 +129,7 @@ async def test_failing_analysis_does_not_hang_a_blocked_file_producer(tiny_model
 
     engine = ModelEngine(tiny_model, tiny_cfg.engine)
 
-    async def broken(image):
+    async def broken(image, deadline=None):
         raise RuntimeError("engine failed")
 
     monkeypatch.setattr(engine, "encode_frame", broken)
