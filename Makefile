@@ -50,7 +50,7 @@ demo: install
 	echo "events: demo-events.jsonl   overlay video: demo-overlay.mp4"
 
 test: install apt
-	$(VENV)/bin/python -m pytest -v -rs $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -v -rs --durations=25 $(PYTEST_ARGS)
 
 # Also part of the suite (tests/test_layers.py): ruff, and the import-linter layer contracts in pyproject.toml.
 lint: install
