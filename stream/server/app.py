@@ -115,16 +115,11 @@ async def offer(request: web.Request) -> web.Response:
     except OfferError as exc:
         OFFERS_REJECTED.labels("bad_offer").inc()
         return _error(400, str(exc))
-    # Both checked right before opening (no await in between, so no race); pending peers count too,
-    # so replaying one captured offer cannot hold more than max_clients_per_address slots.
-    if manager.full:
-        OFFERS_REJECTED.labels("full").inc()
-        return _error(503, f"server full: {cfg.max_clients} clients connected, try again later", **{"Retry-After": "5"})
     address = request.remote or ""
-    if manager.from_address(address) >= cfg.max_clients_per_address:
-        OFFERS_REJECTED.labels("per_address").inc()
-        return _error(429, f"too many connections from {address or 'your address'} "
-                           f"(limit {cfg.max_clients_per_address}): close one or try again later", **{"Retry-After": "5"})
+    if (refused := manager.refusal(address)) is not None:
+        status, reason, message = refused
+        OFFERS_REJECTED.labels(reason).inc()
+        return _error(status, message, **{"Retry-After": "5"})
     try:
         answer = await manager.open(description, address)
     except OfferError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import Protocol, Union
+from typing import Optional, Protocol, Union
 
 from aiortc import RTCIceServer, RTCSessionDescription
 
@@ -40,6 +40,18 @@ class ConnectionManager:
     @property
     def full(self) -> bool:
         return len(self.connections) >= self.cfg.server.max_clients
+
+    def refusal(self, address: str) -> Optional[tuple[int, str, str]]:
+        """Why a new slot for `address` is refused, as (HTTP status, metrics reason, message), or None.
+        Call right before taking the slot (no await in between): the checks cannot race. Pending
+        peers count too, so replaying one captured offer cannot hold more than the per-address cap."""
+        server = self.cfg.server
+        if self.full:
+            return 503, "full", f"server full: {server.max_clients} clients connected, try again later"
+        if self.from_address(address) >= server.max_clients_per_address:
+            return 429, "per_address", (f"too many connections from {address or 'your address'} "
+                                        f"(limit {server.max_clients_per_address}): close one or try again later")
+        return None
 
     def from_address(self, address: str) -> int:
         """Connections (pending or live) opened by this client address."""

@@ -101,14 +101,11 @@ def analyze_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) 
         if request.content_length is not None and request.content_length > limit:
             OFFERS_REJECTED.labels("too_large").inc()
             return _error(413, f"upload too large: {request.content_length} bytes (limit {limit} bytes, server.max_upload_bytes)")
-        if manager.full:
-            OFFERS_REJECTED.labels("full").inc()
-            return _error(503, f"server full: {server.max_clients} clients connected, try again later", **{"Retry-After": "5"})
         address = request.remote or ""
-        if manager.from_address(address) >= server.max_clients_per_address:
-            OFFERS_REJECTED.labels("per_address").inc()
-            return _error(429, f"too many connections from {address or 'your address'} "
-                               f"(limit {server.max_clients_per_address}): close one or try again later", **{"Retry-After": "5"})
+        if (refused := manager.refusal(address)) is not None:
+            status, reason, message = refused
+            OFFERS_REJECTED.labels(reason).inc()
+            return _error(status, message, **{"Retry-After": "5"})
         job = Upload(address)
         job.task = asyncio.current_task()
         manager.take(job)

@@ -319,15 +319,11 @@ def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
             OFFERS_REJECTED.labels("unauthorized").inc()
             await send_error(ws, "unauthorized", "missing or wrong token: 'Authorization: Bearer <token>' or ?token=<token>")
             return ws
-        if manager.full:
-            OFFERS_REJECTED.labels("full").inc()
-            await send_error(ws, "server_full", f"server full: {server.max_clients} clients connected, try again later")
-            return ws
         address = request.remote or ""
-        if manager.from_address(address) >= server.max_clients_per_address:
-            OFFERS_REJECTED.labels("per_address").inc()
-            await send_error(ws, "server_full", f"too many connections from {address or 'your address'} "
-                                                f"(limit {server.max_clients_per_address})")
+        if (refused := manager.refusal(address)) is not None:
+            _, reason, message = refused
+            OFFERS_REJECTED.labels(reason).inc()
+            await send_error(ws, "server_full", message)
             return ws
         stream = WsStream(ws, runtime, cfg, manager, address)
         manager.take(stream)  # takes the slot before any await
