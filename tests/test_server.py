@@ -19,15 +19,12 @@ import aiohttp
 import av
 import numpy as np
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
 
 from scripts.media import cached, make_speech_clip, make_video, require_tools
 from stream.config import load_config
-from stream.runtime import build_runtime
-from stream.server import Connection, create_app
+from stream.server import Connection
 from stream.session import StreamSession
 from tests.conftest import TINY_CONFIG
 
@@ -36,30 +33,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 FLAT_RGB = (64, 128, 192)
 SPEECH = ["I am really happy today.", "This is a wonderful day."]
 SPEECH_WORDS = {"happy", "wonderful", "today", "day", "really"}
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def runtime():
-    rt = await build_runtime(load_config(TINY_CONFIG))
-    yield rt
-    await rt.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def serve(runtime):
-    """serve(**server_overrides) -> base URL of a fresh app on the shared runtime."""
-    servers: list[TestServer] = []
-
-    async def start(**server: Any) -> str:
-        cfg = load_config(TINY_CONFIG, [f"server.{k}={v}" for k, v in server.items()])
-        srv = TestServer(create_app(runtime, cfg), host="127.0.0.1")
-        await srv.start_server()
-        servers.append(srv)
-        return str(srv.make_url("/"))
-
-    yield start
-    for srv in servers:
-        await srv.close()
 
 
 class FlatVideo(VideoStreamTrack):

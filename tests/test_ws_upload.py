@@ -12,50 +12,18 @@ import os
 import struct
 import tempfile
 import time
-from typing import Any
 
 import aiohttp
 import cv2
 import numpy as np
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestServer
 
 from scripts.media import make_speech_clip, make_video, read_wav, require_tools
-from stream.config import load_config
-from stream.runtime import build_runtime
-from stream.server import create_app
 from stream.sources import demo_path
-from tests.conftest import TINY_CONFIG
-from tests.test_server import Client, FlatVideo, wait_for
+from tests.test_server import SPEECH, SPEECH_WORDS, Client, FlatVideo, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SPEECH = ["I am really happy today.", "This is a wonderful day."]
-WORDS = {"happy", "wonderful", "today", "day", "really"}
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def runtime():
-    rt = await build_runtime(load_config(TINY_CONFIG))
-    yield rt
-    await rt.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def serve(runtime):
-    servers: list[TestServer] = []
-
-    async def start(**server: Any) -> str:
-        cfg = load_config(TINY_CONFIG, [f"server.{k}={v}" for k, v in server.items()])
-        srv = TestServer(create_app(runtime, cfg), host="127.0.0.1")
-        await srv.start_server()
-        servers.append(srv)
-        return str(srv.make_url("/"))
-
-    yield start
-    for srv in servers:
-        await srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +162,7 @@ async def test_ws_jpeg_and_speech_give_transcript_and_sentiment(serve, speech):
     assert len(sentiments) >= 5 and all(e["stream"] == "cam-1" for e in sentiments)
     assert all(e["modalities"]["image"]["n"] >= 0 for e in sentiments)
     text = " ".join(e["text"] for e in events if e["type"] == "transcript" and e["final"]).lower()
-    assert len(WORDS & set(text.replace(".", " ").replace(",", " ").split())) >= 3, text
+    assert len(SPEECH_WORDS & set(text.replace(".", " ").replace(",", " ").split())) >= 3, text
     # The follower saw the same stream's estimates and transcripts, read-only.
     assert any(e["type"] == "sentiment" for e in followed) and any(e["type"] == "transcript" for e in followed)
     assert followed[-1]["type"] == "summary"
