@@ -30,10 +30,13 @@ class VisionConfig(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     cache_dir: Optional[str] = None
-    # Who runs the two towers: torch, or ONNX Runtime on graphs exported once and cached on disk
-    # (models/onnx_backend.py). torch stays the default until a quiet-machine measurement confirms
-    # the provisional onnx speed-up (docs/benchmarks.md, "CLIP towers").
-    backend: Literal["torch", "onnx"] = "torch"
+    # Who runs the two towers. auto: ONNX Runtime for open_clip towers on the CPU (graphs exported
+    # once and cached on disk, models/onnx_backend.py: 2.1x faster per frame than torch at batch 1
+    # on 2 quiet cores, same features, docs/benchmarks.md "CLIP towers"), torch everywhere else.
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    # onnx only: int8 = ONNX Runtime dynamic quantisation of the exported graphs' MatMul weights
+    # (another ~2.5x on a CPU; features move slightly, cosine ~0.9998 on random weights: opt-in).
+    quantize: Literal["none", "int8"] = "none"
     # onnx only: auto = TensorRT, then CUDA, on a GPU (where onnxruntime has them), else the CPU.
     onnx_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = "auto"
 

@@ -10,8 +10,9 @@ import torch
 from .backbone import Backbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
+from .errors import UserError
 from .fusion import ClipCaMsa
-from .onnx_backend import use_onnx
+from .onnx_backend import resolve_backend, use_onnx
 from .prompts import LABELS, PROMPTS
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,16 @@ def build_fusion(zero_shot: ZeroShot | Backbone, cfg: ModelConfig) -> ClipCaMsa:
 
 def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
-    if cfg.vision.backend == "onnx" and backbone.backend != "onnx":
-        use_onnx(backbone, cfg.vision)
+    if resolve_backend(cfg.vision, backbone) == "onnx" and backbone.backend == "torch":
+        try:
+            use_onnx(backbone, cfg.vision)
+        except UserError as exc:
+            if cfg.vision.backend == "onnx":
+                raise
+            log.warning("vision.backend=auto: %s; the CLIP towers stay on torch", str(exc).removeprefix("vision.backend=onnx: "))
+    elif cfg.vision.quantize != "none" and backbone.backend == "torch":
+        log.warning("vision.quantize=%s applies to the onnx backend on a CPU only; the CLIP towers run unquantised on torch",
+                    cfg.vision.quantize)
     fusion = build_fusion(backbone, cfg)
     if cfg.model.checkpoint:
         load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)

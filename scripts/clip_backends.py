@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CLIP tower cost per frame, torch vs ONNX Runtime vs torch dynamic int8, in ONE run (interleaved
+"""CLIP tower cost per frame, torch vs ONNX Runtime (fp32 and dynamic int8) vs torch dynamic int8, in ONE run (interleaved
 rounds, so that the ratios survive a busy machine), plus each variant's parity against torch fp32.
 
     .venv/bin/python scripts/clip_backends.py --json /tmp/clip-backends.json
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models.backbone import create_backbone  # noqa: E402
-from models.onnx_backend import OrtTower, cached_graph  # noqa: E402
+from models.onnx_backend import OrtTower, cached_graph, quantized_graph  # noqa: E402
 from stream.config import load_config  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def quantized_towers(backbone):
         q.clip.visual = quantize_dynamic(q.clip.visual, {torch.nn.Linear}, dtype=torch.qint8)
         q.clip.transformer = quantize_dynamic(q.clip.transformer, {torch.nn.Linear}, dtype=torch.qint8)
     q.clip.transformer.get_cast_dtype = lambda: torch.float32  # open_clip reads it off a (now packed) Linear weight
-    return q.clip.encode_image, q.text_states
+    return q.clip.encode_image, q._text_token_states
 
 def timed(fn, x, reps: int) -> float:
     """Median seconds of one call over `reps` calls (after one warm-up)."""
@@ -77,20 +77,24 @@ def main(argv=None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     ort = {n: {t: OrtTower(graphs[t], ["CPUExecutionProvider"], n, bb.device) for t in graphs} for n in threads}
+    qgraphs = {t: quantized_graph(g) for t, g in graphs.items()}  # vision.quantize=int8
+    ort_q = {n: {t: OrtTower(qgraphs[t], ["CPUExecutionProvider"], n, bb.device) for t in qgraphs} for n in threads}
 
     gen = torch.Generator().manual_seed(0)
     pixels = {b: torch.randn(b, 3, *bb.image_size, generator=gen) for b in batches}
     tokens = bb.tokenize(["well that was a surprisingly pleasant conversation, thank you all " * 6])
     variants = {
-        "torch": (bb.clip.encode_image, bb.text_states),
+        "torch": (bb.clip.encode_image, bb._text_token_states),
         "int8": (q_image, q_text),
     }
 
     # Parity against torch fp32 on the same inputs (batch 4 images, one long text: every token).
     parity = {}
     with torch.inference_mode():
-        ref_i, ref_t = bb.clip.encode_image(pixels[max(batches)]), bb.text_states(tokens)[0]
-        for name, (img, txt) in {**variants, "onnx": (ort[threads[0]]["image"], ort[threads[0]]["text"])}.items():
+        ref_i, ref_t = bb.clip.encode_image(pixels[max(batches)]), bb._text_token_states(tokens)[0]
+        onnx_variants = {"onnx": (ort[threads[0]]["image"], ort[threads[0]]["text"]),
+                         "onnx_int8": (ort_q[threads[0]]["image"], ort_q[threads[0]]["text"])}
+        for name, (img, txt) in {**variants, **onnx_variants}.items():
             parity[name] = {
                 "image_min_cos": F.cosine_similarity(ref_i, img(pixels[max(batches)]).float()).min().item(),
                 "text_token_min_cos": F.cosine_similarity(ref_t, txt(tokens)[0].float()).min().item(),
@@ -100,7 +104,8 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for n in threads:
             torch.set_num_threads(n)
-            runs = {**{f"{v}/t{n}": fns for v, fns in variants.items()}, f"onnx/t{n}": (ort[n]["image"], ort[n]["text"])}
+            runs = {**{f"{v}/t{n}": fns for v, fns in variants.items()}, f"onnx/t{n}": (ort[n]["image"], ort[n]["text"]),
+                    f"onnx_int8/t{n}": (ort_q[n]["image"], ort_q[n]["text"])}
             for name, (img, txt) in runs.items():
                 for b in batches:
                     samples.setdefault(f"{name}/image_b{b}", []).append(timed(img, pixels[b], args.reps) / b)
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
     for n in threads:
         for b in [*(f"image_b{b}" for b in batches), "text_b1"]:
             base = ms[f"torch/t{n}/{b}"]
-            ratios[f"t{n}/{b}"] = {v: round(base / ms[f"{v}/t{n}/{b}"], 2) for v in ("onnx", "int8")}
+            ratios[f"t{n}/{b}"] = {v: round(base / ms[f"{v}/t{n}/{b}"], 2) for v in ("onnx", "onnx_int8", "int8")}
     report = {
         "model": cfg.vision.model, "weights": bb.weights, "onnx_export_or_load_s": round(export_s, 1),
         "ms_per_frame_median": ms, "speedup_vs_torch": ratios, "parity_vs_torch_fp32": parity,

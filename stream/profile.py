@@ -286,6 +286,7 @@ def build_report(cfg: AppConfig, spec: str, realtime: bool, duration: Optional[f
         "per_stream": per_stream,
         "config": {"vision": f"{cfg.vision.model}/{cfg.vision.pretrained}", "vision_device": str(device),
                    "precision": str(runtimes[0].engine.model.backbone.dtype).replace("torch.", ""),
+                   "clip_backend": runtimes[0].engine.model.backbone.backend,
                    "sampler_fps": cfg.sampler.fps, "hop_s": cfg.window.hop, "max_batch": cfg.engine.max_batch,
                    "max_wait_ms": cfg.engine.max_wait_ms, "max_batch_ms": cfg.engine.max_batch_ms,
                    "max_frame_age_ms": cfg.pipeline.max_frame_age_ms, "partial_text_every": cfg.engine.partial_text_every,

@@ -97,6 +97,14 @@ def test_transformers_clip_matches_open_clip(towers, tiny_model):
     assert F.cosine_similarity(za.prompts, zb.prompts).min() >= 0.999 and zb.logit_bias == 0.0
 
 
+def test_auto_backend_keeps_transformers_towers_on_torch(towers):
+    from models.onnx_backend import resolve_backend
+
+    cfg = hf_cfg(towers["clip"])
+    assert cfg.vision.backend == "auto"
+    assert resolve_backend(cfg.vision, create_backbone(cfg.vision)) == "torch"  # onnx exports open_clip towers only
+
+
 def test_siglip_checkpoint_brings_its_own_preprocessing_tokenizer_pooling_and_bias(towers, tiny_cfg):
     bb = create_backbone(hf_cfg(towers["siglip"]).vision)
     assert bb.image_cfg.resize_mode == "squash" and bb.image_cfg.mean == (0.5, 0.5, 0.5) and bb.image_size == (64, 64)

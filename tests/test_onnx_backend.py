@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from models import onnx_backend
 from models.backbone import create_backbone
-from models.onnx_backend import OrtTower, cached_graph, choose_providers, graph_key, use_onnx
+from models.errors import UserError
+from models.onnx_backend import OrtTower, cached_graph, choose_providers, graph_key, resolve_backend, use_onnx
 from stream.config import load_config
 from tests.conftest import TINY_CONFIG
 
@@ -137,3 +138,60 @@ def test_vit_b32_onnx_matches_torch(tmp_path):
     use_onnx(onnx_bb, cfg.vision, threads=2, root=tmp_path)
     cos = _parity(torch_bb, onnx_bb)
     assert min(cos.values()) >= 0.999, cos
+
+
+def test_auto_backend_is_onnx_for_open_clip_on_a_cpu_and_torch_when_asked(tiny_pair):
+    cfg, torch_bb, _, _ = tiny_pair
+    assert resolve_backend(cfg.vision.model_copy(update={"backend": "auto"}), torch_bb) == "onnx"
+    assert resolve_backend(cfg.vision.model_copy(update={"backend": "torch"}), torch_bb) == "torch"
+    assert load_config(None, []).vision.backend == "auto"  # the default
+
+
+def test_auto_backend_falls_back_to_torch_with_one_line_when_export_fails(tiny_pair, tmp_path, monkeypatch, caplog):
+    from models.factory import build_model
+
+    cfg, *_ = tiny_pair
+    monkeypatch.setenv("SENTISTREAM_CACHE", str(tmp_path))  # empty cache: build_model must export
+
+    def broken(*_a):
+        raise RuntimeError("exporter exploded\nwith a second line")
+
+    monkeypatch.setattr(onnx_backend, "export_tower", broken)
+    auto = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"backend": "auto"})})
+    with caplog.at_level(logging.WARNING):
+        model = build_model(auto)
+    assert model.backbone.backend == "torch"
+    lines = [r.getMessage() for r in caplog.records if r.name == "models.factory"]
+    assert len(lines) == 1 and "\n" not in lines[0] and "stay on torch" in lines[0], lines
+    assert model.backbone.encode_images(_frames(5, [(64, 64)])).shape == (1, model.backbone.embed_dim)
+    with pytest.raises(UserError, match="exporting the .* failed"):  # asked for onnx explicitly: an error, not a fallback
+        build_model(cfg)
+
+
+def test_int8_graphs_are_quantised_once_cached_and_close_to_fp32(tiny_pair, onnx_cache):
+    cfg, torch_bb, _, _ = tiny_pair
+    int8 = cfg.vision.model_copy(update={"quantize": "int8"})
+    bb = create_backbone(int8)
+    chosen = use_onnx(bb, int8, threads=1, root=onnx_cache)
+    assert bb.backend == "onnx-int8"
+    assert all(p.parent.name.endswith("-int8") and p.is_file() for p in chosen["graphs"].values())
+    # Smaller on disk: int8 weights (the tiny model's embedding table stays fp32, so not 4x).
+    fp32_bytes = sum(f.stat().st_size for f in (onnx_cache / graph_key(cfg.vision, torch_bb, "image")).iterdir())
+    int8_bytes = sum(f.stat().st_size for f in chosen["graphs"]["image"].parent.iterdir())
+    assert int8_bytes < fp32_bytes
+    stamp = {t: p.stat().st_mtime_ns for t, p in chosen["graphs"].items()}
+    again = use_onnx(create_backbone(int8), int8, threads=1, root=onnx_cache)
+    assert again["graphs"] == chosen["graphs"] and {t: p.stat().st_mtime_ns for t, p in again["graphs"].items()} == stamp
+    cos = _parity(torch_bb, bb)
+    print("int8 parity vs torch fp32:", cos)
+    assert min(cos.values()) >= 0.99, cos  # close, not identical: what docs/benchmarks.md reports for B/32
+
+
+def test_quantize_without_onnx_says_so(caplog):
+    from models.factory import build_model
+
+    cfg = load_config(TINY_CONFIG, ["vision.backend=torch", "vision.quantize=int8"])
+    with caplog.at_level(logging.WARNING):
+        model = build_model(cfg)
+    assert model.backbone.backend == "torch"
+    assert any("vision.quantize=int8 applies to the onnx backend" in r.getMessage() for r in caplog.records)
