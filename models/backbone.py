@@ -202,9 +202,9 @@ def _open_clip_preprocess(cfg: VisionConfig, clip: torch.nn.Module) -> ImagePrep
         tags = open_clip.list_pretrained_tags_by_model(cfg.model)
         if tags:
             published = open_clip.get_pretrained_cfg(cfg.model, tags[0])
-            pp.update({k: published[k] for k in ("mean", "std", "resize_mode") if k in published})
+            pp.update({k: published[k] for k in ("mean", "std", "resize_mode", "interpolation") if k in published})
     return ImagePreprocess.of(pp.get("size", 224), pp.get("mean", open_clip.OPENAI_DATASET_MEAN),
-                              pp.get("std", open_clip.OPENAI_DATASET_STD), pp.get("resize_mode"))
+                              pp.get("std", open_clip.OPENAI_DATASET_STD), pp.get("resize_mode"), pp.get("interpolation"))
 
 
 def create_backbone(cfg: VisionConfig) -> Backbone:

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 # Per family: default normalisation, how the processor fits a frame, where the text tower pools.
 _FAMILIES: dict[str, dict[str, Any]] = {
     "clip": {"mean": (0.48145466, 0.4578275, 0.40821073), "std": (0.26862954, 0.26130258, 0.27577711),
-             "resize_mode": "shortest", "pool": "eot"},
-    "siglip": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "resize_mode": "squash", "pool": "last"},
+             "resize_mode": "shortest", "pool": "eot", "resample": 3},
+    "siglip": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "resize_mode": "squash", "pool": "last", "resample": 2},
 }
 
 
@@ -94,7 +94,10 @@ def _preprocess(source: Path | None, config: Any, family: str) -> ImagePreproces
         size, mode = (pp["size"]["height"], pp["size"]["width"]), "squash"
     else:
         mode = defaults["resize_mode"]
-    return ImagePreprocess.of(size, pp.get("image_mean", defaults["mean"]), pp.get("image_std", defaults["std"]), mode)
+    # The processor's PIL resample code (2 bilinear, 3 bicubic); the family's default without one.
+    interpolation = {2: "bilinear", 3: "bicubic"}.get(pp.get("resample", defaults["resample"]), "bicubic")
+    return ImagePreprocess.of(size, pp.get("image_mean", defaults["mean"]), pp.get("image_std", defaults["std"]), mode,
+                              interpolation)
 
 
 def _load(source: str, local: Optional[Path], cfg: VisionConfig, device: torch.device) -> tuple[torch.nn.Module, Any, Optional[Path], str]:

@@ -58,12 +58,15 @@ class ImagePreprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize_mode: str = "shortest"  # shortest: shorter side to size + centre crop (CLIP) | squash: straight to size (SigLIP)
+    interpolation: str = "bicubic"  # as the tower was trained: bicubic (open_clip's configs, CLIP) | bilinear
 
     @classmethod
-    def of(cls, size: Any, mean: Sequence[float], std: Sequence[float], resize_mode: Optional[str] = None) -> "ImagePreprocess":
+    def of(cls, size: Any, mean: Sequence[float], std: Sequence[float], resize_mode: Optional[str] = None,
+           interpolation: Optional[str] = None) -> "ImagePreprocess":
         hw = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
         return cls(hw, tuple(float(v) for v in mean), tuple(float(v) for v in std),  # type: ignore[arg-type]
-                   "squash" if resize_mode == "squash" else "shortest")
+                   "squash" if resize_mode == "squash" else "shortest",
+                   "bilinear" if interpolation == "bilinear" else "bicubic")
 
 
 POOLS = ("eot", "last", "first")
@@ -177,12 +180,16 @@ class Backbone(torch.nn.Module):
         x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         h, w = x.shape[-2:]
         th, tw = self.image_size
+        mode = self.image_cfg.interpolation
         if self.image_cfg.resize_mode == "squash":
-            x = F.interpolate(x, size=(th, tw), mode="bilinear", antialias=True, align_corners=False)
+            nh, nw = th, tw
         else:
             scale = max(th / h, tw / w)
             nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        if (nh, nw) != (h, w):
+            # Antialiased like PIL's resize, clamped like its uint8 output (bicubic overshoots).
+            x = F.interpolate(x, size=(nh, nw), mode=mode, antialias=True, align_corners=False).clamp_(0.0, 1.0)
+        if self.image_cfg.resize_mode != "squash":
             top, left = (nh - th) // 2, (nw - tw) // 2
             x = x[:, :, top : top + th, left : left + tw]
         return ((x - self.mean) / self.std).to(self.dtype)

@@ -104,6 +104,11 @@ class ModelEngine:
         h, w = self.model.backbone.image_size
         return int(h), int(w)
 
+    @property
+    def image_interpolation(self) -> str:
+        """How the image tower resizes ("bicubic" | "bilinear"): sources that scale kept frames use it too."""
+        return self.model.backbone.image_cfg.interpolation
+
     def _encode_images(self, frames: list[np.ndarray]) -> list[torch.Tensor]:
         # Features stay on the model's device: windows and fusion use them there (GPU-resident).
         return list(self.model.backbone.encode_images(frames))

@@ -183,10 +183,10 @@ def test_mobileclip_is_reparameterised_at_load_with_the_same_outputs():
 
 
 # ------------------------------------------------------------------------------------------ presets
-PRESETS = {  # what each preset's tower must bring: size, mean, resize mode, context, pooling, bias, width
-    "edge.yaml": ((256, 256), (0.0, 0.0, 0.0), "shortest", 77, "eot", False, 512),
-    "default.yaml": ((224, 224), (0.48145466, 0.4578275, 0.40821073), "shortest", 77, "eot", False, 512),
-    "quality.yaml": ((256, 256), (0.5, 0.5, 0.5), "squash", 64, "last", True, 768),
+PRESETS = {  # what each preset's tower must bring: size, mean, resize mode, context, pooling, bias, width, resize
+    "edge.yaml": ((256, 256), (0.0, 0.0, 0.0), "shortest", 77, "eot", False, 512, "bilinear"),
+    "default.yaml": ((224, 224), (0.48145466, 0.4578275, 0.40821073), "shortest", 77, "eot", False, 512, "bicubic"),
+    "quality.yaml": ((256, 256), (0.5, 0.5, 0.5), "squash", 64, "last", True, 768, "bicubic"),
 }
 
 
@@ -195,8 +195,9 @@ PRESETS = {  # what each preset's tower must bring: size, mean, resize mode, con
 def test_preset_builds_with_random_weights_and_everything_comes_from_the_tower(preset):
     cfg = load_config(ROOT / "configs" / preset, ["vision.pretrained=random", "vision.device=cpu"])
     bb = create_backbone(cfg.vision)
-    size, mean, mode, context, pool, bias, dim = PRESETS[preset]
+    size, mean, mode, context, pool, bias, dim, interpolation = PRESETS[preset]
     assert (bb.image_size, bb.image_cfg.mean, bb.image_cfg.resize_mode) == (size, mean, mode)
+    assert bb.image_cfg.interpolation == interpolation  # the published preprocess config's
     assert (bb.context_length, bb.tokenizer.pool, bb.logit_bias is not None, bb.embed_dim) == (context, pool, bias, dim)
     emb = bb.encode_images(_frames(2, 480, 640))
     ts = bb.encode_texts(["what a lovely day", ""], cfg.window.max_text_tokens)

@@ -74,14 +74,18 @@ def test_preprocess_any_size(tiny_model, hw):
 
 
 def test_preprocess_matches_resize_and_centre_crop(tiny_model):
-    """Shorter side to 64, centre crop (torchvision as the independent reference)."""
+    """Shorter side to 64 with the tower's interpolation (bicubic: open_clip's config for CLIP),
+    centre crop (torchvision as the independent reference)."""
     tvf = pytest.importorskip("torchvision.transforms.v2.functional")
+    from torchvision.transforms import InterpolationMode
+
     bb = tiny_model.backbone
+    assert bb.image_cfg.interpolation == "bicubic"
     frames = torch.zeros(1, 240, 320, 3, dtype=torch.uint8)
     frames[:, :, 160:] = 255  # right half white: the crop position is visible in the output
     frames[:, :120, :, 1] = 200  # top half green: so is the vertical position
     chw = frames.permute(0, 3, 1, 2).float() / 255.0
-    ref = tvf.center_crop(tvf.resize(chw, [64], antialias=True), [64, 64])
+    ref = tvf.center_crop(tvf.resize(chw, [64], InterpolationMode.BICUBIC, antialias=True).clamp(0, 1), [64, 64])
     ref = (ref - bb.mean.cpu()) / bb.std.cpu()
     torch.testing.assert_close(bb.preprocess(frames).cpu(), ref, atol=2e-2, rtol=0)
 

@@ -40,7 +40,7 @@ from .data import Dataset, Sample
 
 log = logging.getLogger(__name__)
 
-FORMAT = "sentistream-features/1"
+FORMAT = "sentistream-features/2"  # 2: resize with the tower's own interpolation (bicubic for CLIP)
 _IMAGE_BATCH = 64  # frames per CLIP image forward
 _TEXT_BATCH = 64
 

@@ -108,7 +108,7 @@ class StreamSession:
         With faces on, kept frames stay full size: the detector needs the pixels and its boxes are
         reported in source pixels (the backbone then resizes the whole frame itself)."""
         size = None if self.faces is not None else self.rt.engine.image_size
-        return FramePolicy(self.sampler, size, display=display)
+        return FramePolicy(self.sampler, size, display=display, interpolation=self.rt.engine.image_interpolation.upper())
 
     # ------------------------------------------------------------------ what the clock reads
     @property

@@ -16,9 +16,9 @@ import numpy as np
 
 from models.sampling import FrameSampler
 
-# swscale's bilinear widens its filter when shrinking (anti-aliased), like the backbone's own
-# bilinear+antialias resize: CLIP features of 640x480 frames vs the full-size path have cosine
-# >= 0.9993 (ViT-B-32, random weights; AREA 0.9993, BICUBIC 0.9991, FAST_BILINEAR 0.998).
+# swscale's filters widen when shrinking (anti-aliased), like the backbone's own antialiased resize.
+# Sessions pass the tower's interpolation (bicubic for CLIP towers, bilinear for SigLIP); measured on
+# 640x480 frames vs the full-size path, ViT-B-32 random weights: cosine >= 0.999.
 INTERPOLATION = "BILINEAR"
 
 
