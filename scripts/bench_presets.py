@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Backbone cost per preset (configs/edge.yaml, default.yaml, quality.yaml), random weights.
 
-Tower section (default): each preset in a fresh interpreter (its own peak RSS), torch with
-`--threads` intra-op threads (default 1, as `engine.threads`): per-frame image cost of 640x480
+Tower section (default): each preset and backend (`--backends`: torch, onnx, onnx-int8) in a fresh
+interpreter (its own peak RSS), with `--threads` intra-op threads (default 1, as `engine.threads`): per-frame image cost of 640x480
 uint8 frames through the backbone's own path (preprocess on tensors + image tower) at batch 1
 and 4, text cost of one 24-word transcript, load time and peak RSS.
 
@@ -39,6 +39,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", required=True, metavar="OUT", help="results as JSON (a .md table is written beside it)")
     p.add_argument("--presets", default=",".join(PRESETS), help="comma list of configs/<name>.yaml (default: edge,default,quality)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for the tower section (default 1)")
+    p.add_argument("--backends", default="torch,onnx,onnx-int8",
+                   help="tower section: comma list of torch, onnx (vision.backend=onnx), onnx-int8 (+ vision.quantize=int8)")
     p.add_argument("--seconds", type=float, default=4.0, help="measuring time per tower measurement (default 4 s)")
     p.add_argument("--full", action="store_true", help="also profile the pipeline per preset on a 640x480 @ 30 clip")
     p.add_argument("--cuda", action="store_true", help="on the GPU: vision.device=cuda, vision.precision=fp16")
@@ -64,11 +66,13 @@ def _rate(fn, budget_s: float, sync) -> float:
     return (time.perf_counter() - start) / n
 
 
-def tower_worker(preset: str, threads: int, seconds: float, cuda: bool) -> dict[str, Any]:
+def tower_worker(preset: str, threads: int, seconds: float, cuda: bool, backend: str = "torch") -> dict[str, Any]:
     import numpy as np
     import torch
+    import torch.nn.functional as F
 
     from models.backbone import create_backbone
+    from models.onnx_backend import use_onnx
     from stream.config import load_config
 
     torch.set_num_threads(threads)
@@ -78,8 +82,17 @@ def tower_worker(preset: str, threads: int, seconds: float, cuda: bool) -> dict[
     load_s = time.perf_counter() - started
     sync = torch.cuda.synchronize if bb.device.type == "cuda" else (lambda: None)
     frames = np.random.default_rng(0).integers(0, 256, (4, 480, 640, 3), dtype=np.uint8)
+    parity = None
+    if backend != "torch":  # the same tower on ONNX Runtime (graphs from the cache, exported on first use)
+        ref_i, ref_t = bb.encode_images(frames), bb.encode_texts([TEXT], cfg.window.max_text_tokens)
+        vision = cfg.vision.model_copy(update={"backend": "onnx", "quantize": "int8" if backend == "onnx-int8" else "none"})
+        use_onnx(bb, vision, threads)
+        got_i, got_t = bb.encode_images(frames), bb.encode_texts([TEXT], cfg.window.max_text_tokens)
+        parity = {"image_min_cos": round(F.cosine_similarity(ref_i, got_i).min().item(), 5),
+                  "text_token_min_cos": round(F.cosine_similarity(ref_t.states[ref_t.mask], got_t.states[got_t.mask]).min().item(), 5)}
     row: dict[str, Any] = {
-        "preset": preset, "model": cfg.vision.model, "embed_dim": bb.embed_dim, "image_size": list(bb.image_size),
+        "preset": preset, "backend": backend, "parity_vs_torch": parity,
+        "model": cfg.vision.model, "embed_dim": bb.embed_dim, "image_size": list(bb.image_size),
         "context_length": bb.context_length, "logit_bias": bb.logit_bias, "reparameterized_blocks": getattr(bb, "reparameterized", 0),
         "params_m": {"total": round(sum(p.numel() for p in bb.parameters()) / 1e6, 1)}, "load_s": round(load_s, 1),
     }
@@ -113,7 +126,8 @@ def profile_row(preset: str, clip: Path, realtime: bool, cuda: bool, out: Path) 
     st = rep["stages"]
     return {"realtime_factor": rep["realtime_factor"], "frame_to_estimate_p95_ms": st.get("frame_to_estimate", {}).get("p95_ms"),
             "clip_image_p50_ms": st.get("clip_image", {}).get("p50_ms"), "clip_text_p50_ms": st.get("clip_text", {}).get("p50_ms"),
-            "frames_dropped": rep["frames_dropped"], "peak_rss_mb": rep["peak_rss_mb"], "gpu_peak_mb": rep.get("gpu_peak_mb")}
+            "frames_dropped": rep["frames_dropped"], "peak_rss_mb": rep["peak_rss_mb"], "gpu_peak_mb": rep.get("gpu_peak_mb"),
+            "clip_backend": rep["config"].get("clip_backend")}
 
 
 def make_clip(work: Path) -> Path:
@@ -128,14 +142,18 @@ def make_clip(work: Path) -> Path:
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"Measured {res['date']} on {res['machine']}, torch {res['torch']}, {res['threads']} thread(s), "
              f"{'CUDA fp16' if res['cuda'] else 'CPU fp32'}, random weights.", "",
-             "| preset | tower | params (M) | image ms/frame b1 | b4 | text ms | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+             "| preset | tower | backend | params (M) | image ms/frame b1 | b4 | text ms | min cosine vs torch (image / text tokens) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["towers"]:
-        lines.append(f"| {r['preset']} | {r['model']} | {r['params_m']['total']} | {r['image_ms_per_frame_b1']} | "
-                     f"{r['image_ms_per_frame_b4']} | {r['text_ms']} | {r['peak_rss_mb']:.0f} |")
+        par = r.get("parity_vs_torch")
+        par_s = f"{par['image_min_cos']} / {par['text_token_min_cos']}" if par else "-"
+        lines.append(f"| {r['preset']} | {r['model']} | {r.get('backend', 'torch')} | {r['params_m']['total']} | {r['image_ms_per_frame_b1']} | "
+                     f"{r['image_ms_per_frame_b4']} | {r['text_ms']} | {par_s} | {r['peak_rss_mb']:.0f} |")
     if res.get("pipeline"):
-        lines += ["", "| preset | file speed (x real time) | paced f2e p95 ms | clip_image p50 ms | peak RSS MB |", "|---|---|---|---|---|"]
+        lines += ["", "| preset | CLIP backend (default config) | file speed (x real time) | paced f2e p95 ms | clip_image p50 ms | peak RSS MB |",
+                  "|---|---|---|---|---|---|"]
         for preset, p in res["pipeline"].items():
-            lines.append(f"| {preset} | {p['file']['realtime_factor']} | {p['paced']['frame_to_estimate_p95_ms']} | "
+            lines.append(f"| {preset} | {p['file'].get('clip_backend')} | {p['file']['realtime_factor']} | {p['paced']['frame_to_estimate_p95_ms']} | "
                          f"{p['file']['clip_image_p50_ms']} | {max(p['file']['peak_rss_mb'], p['paced']['peak_rss_mb']):.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -145,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.json)
     if args.worker:
         spec = json.loads(args.worker)
-        out.write_text(json.dumps(tower_worker(spec["preset"], spec["threads"], spec["seconds"], spec["cuda"])))
+        out.write_text(json.dumps(tower_worker(spec["preset"], spec["threads"], spec["seconds"], spec["cuda"], spec.get("backend", "torch"))))
         return 0
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     missing = [p for p in presets if not (ROOT / "configs" / f"{p}.yaml").is_file()]
@@ -164,10 +182,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         for preset in presets:
-            spec = {"preset": preset, "threads": args.threads, "seconds": args.seconds, "cuda": args.cuda}
-            res["towers"].append(spawn(spec, work / f"tower-{preset}.json"))
-            print(json.dumps(res["towers"][-1]), file=sys.stderr)
+            for backend in backends:
+                spec = {"preset": preset, "threads": args.threads, "seconds": args.seconds, "cuda": args.cuda, "backend": backend}
+                res["towers"].append(spawn(spec, work / f"tower-{preset}-{backend}.json"))
+                print(json.dumps(res["towers"][-1]), file=sys.stderr)
         if args.full:
             clip = make_clip(work)
             for preset in presets:
