@@ -119,6 +119,9 @@ def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Pa
     graph = final / "model.onnx"
     if graph.is_file():
         return graph
+    failed = root / f"{final.name}.failed"  # an export that failed once: `auto` does not retry it every start
+    if cfg.backend == "auto" and failed.is_file():
+        raise UserError(failed.read_text().strip() + f" (cached: delete {failed} to retry)")
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
     try:
@@ -128,7 +131,10 @@ def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Pa
         try:
             export_tower(backbone, tower, tmp / "model.onnx")
         except Exception as exc:
-            raise UserError(f"vision.backend=onnx: exporting the {cfg.model} {tower} tower failed ({one_line(exc, 160)}); use vision.backend=torch") from None
+            reason = f"vision.backend=onnx: exporting the {cfg.model} {tower} tower failed ({one_line(exc, 160)}); use vision.backend=torch"
+            failed.write_text(reason + "\n")
+            raise UserError(reason) from None
+        failed.unlink(missing_ok=True)
         try:
             os.replace(tmp, final)
         except OSError:

@@ -174,7 +174,16 @@ def test_auto_backend_falls_back_to_torch_with_one_line_when_export_fails(tiny_p
     lines = [r.getMessage() for r in caplog.records if r.name == "models.factory"]
     assert len(lines) == 1 and "\n" not in lines[0] and "stay on torch" in lines[0], lines
     assert model.backbone.encode_images(_frames(5, [(64, 64)])).shape == (1, model.backbone.embed_dim)
-    with pytest.raises(UserError, match="exporting the .* failed"):  # asked for onnx explicitly: an error, not a fallback
+    # The failure is remembered: the next auto start does not pay for (or log) a second export attempt.
+    monkeypatch.setattr(onnx_backend, "export_tower", lambda *a: pytest.fail("auto retried an export that failed before"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert build_model(auto).backbone.backend == "torch"
+    lines = [r.getMessage() for r in caplog.records if r.name == "models.factory"]
+    assert len(lines) == 1 and "cached: delete" in lines[0], lines
+    # Asked for onnx explicitly: the export is tried again, and a failure is an error, not a fallback.
+    monkeypatch.setattr(onnx_backend, "export_tower", broken)
+    with pytest.raises(UserError, match="exporting the .* failed"):
         build_model(cfg)
 
 
