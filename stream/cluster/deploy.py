@@ -23,17 +23,18 @@ POLICY_PATH = "stream.cluster.placement:autoscale_on_streams"
 HEALTH_CHECK_PERIOD_S = 2.0  # Serve notices a dead replica (and starts another) about this fast
 
 
-def connect(address: Optional[str], cfg: AppConfig, replicas: Optional[int]) -> None:
-    """Join the cluster at `address`, or start a local Ray sized for the replicas when there is none."""
+def connect(address: Optional[str], cfg: AppConfig, replicas: Optional[int]) -> bool:
+    """Join the cluster at `address`, or start a local Ray sized for the replicas when there is none.
+    True when this call started a local Ray (the caller stops it: `shutdown(local=True)`)."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         try:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserError(f"cannot join the Ray cluster at {address}: {exc} (check --ray-address, or drop it "
                             "to start a local Ray)") from None
-        return
+        return False
     cluster = cfg.cluster
     count = replicas or cluster.min_replicas
     num_cpus = max(os.cpu_count() or 1, math.ceil(count * cluster.cpus_per_replica))
@@ -41,6 +42,7 @@ def connect(address: Optional[str], cfg: AppConfig, replicas: Optional[int]) -> 
     root = str(Path(__file__).resolve().parent.parent.parent)
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": root}})
+    return True
 
 
 def build(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = True) -> Any:
@@ -75,14 +77,19 @@ def build(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = T
         analyzer, data, replicas)
 
 
-def deploy(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = True) -> Any:
+def deploy(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = True, name: str = APP_NAME) -> Any:
     """Deploys and waits until every replica is up; returns the application's handle."""
     serve.start(proxy_location="Disabled")  # the Ingress serves HTTP itself (aiohttp), not Serve's proxy
-    return serve.run(build(cfg, replicas, with_ingress), name=APP_NAME, route_prefix=None, blocking=False)
+    return serve.run(build(cfg, replicas, with_ingress), name=name, route_prefix=None, blocking=False)
 
 
-def shutdown() -> None:
+def shutdown(name: str = APP_NAME, local: bool = True) -> None:
+    """Deletes the application; a local Ray (started by `connect`) is stopped too."""
     try:
-        serve.delete(APP_NAME)
+        if ray.is_initialized():
+            serve.delete(name)
+            if local:
+                serve.shutdown()
     finally:
-        serve.shutdown()
+        if local and ray.is_initialized():
+            ray.shutdown()

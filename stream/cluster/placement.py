@@ -25,6 +25,7 @@ class ReplicaLoad:
     capacity: int = 1  # cluster.max_streams_per_replica
     device: str = "cpu"
     at: float = 0.0  # the replica's clock when it counted
+    pid: int = 0  # the replica's process (operators: logs, py-spy, a kill to test failover)
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: Optional[Mapping[str, Any]]) -> "ReplicaLoad":
@@ -32,13 +33,14 @@ class ReplicaLoad:
         stats = stats or {}
         return cls(id=replica_id, node=str(stats.get("node", "")), streams=int(stats.get("streams", 0)),
                    capacity=max(1, int(stats.get("capacity", 1))), device=str(stats.get("device", "cpu")),
-                   at=float(stats.get("at", 0.0)))
+                   at=float(stats.get("at", 0.0)), pid=int(stats.get("pid", 0)))
 
     def free(self, placed_since: int = 0) -> int:
         return self.capacity - self.streams - placed_since
 
     def as_health(self) -> dict[str, Any]:
-        return {"id": self.id, "node": self.node, "streams": self.streams, "capacity": self.capacity, "device": self.device}
+        return {"id": self.id, "node": self.node, "streams": self.streams, "capacity": self.capacity, "device": self.device,
+                "pid": self.pid}
 
 
 def rank_by_free_capacity(loads: Sequence[ReplicaLoad], placed_since: Mapping[str, int] | None = None) -> list[list[str]]:
