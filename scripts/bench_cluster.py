@@ -88,7 +88,7 @@ def loadavg() -> list[float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "tiny-test.yaml"))
+    p.add_argument("--config", default="configs/tiny-test.yaml", help="relative to the repository root")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--offers", type=int, default=20)
     p.add_argument("--seconds", type=float, default=20.0, help="length of each paced stream")
@@ -100,7 +100,7 @@ def main() -> int:
     from stream.cluster import deploy
     from stream.cluster.sources import run_on_cluster
 
-    cfg = load_config(args.config, [*args.overrides, "server.port=0", "server.max_clients=64",
+    cfg = load_config(ROOT / args.config, [*args.overrides, "server.port=0", "server.max_clients=64",
                                     "server.max_clients_per_address=64", "cluster.max_streams_per_replica=32",
                                     f"cluster.cpus_per_replica={args.cpus / 2}"])
     report: dict = {"config": args.config, "overrides": args.overrides, "cpus": args.cpus, "load_before": loadavg()}

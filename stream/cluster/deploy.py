@@ -77,6 +77,15 @@ def build(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = T
         analyzer, data, replicas)
 
 
+def app_builder(args: dict[str, Any]) -> Any:
+    """Ray Serve application builder for a config file (`serve run`, KubeRay `serveConfigV2`):
+    import_path stream.cluster.deploy:app_builder, args {config: PATH, set: [KEY=VALUE...], replicas: N}."""
+    from ..config import load_config
+
+    cfg = load_config(args.get("config"), list(args.get("set") or []))
+    return build(cfg, args.get("replicas"))
+
+
 def deploy(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = True, name: str = APP_NAME) -> Any:
     """Deploys and waits until every replica is up; returns the application's handle."""
     serve.start(proxy_location="Disabled")  # the Ingress serves HTTP itself (aiohttp), not Serve's proxy
