@@ -122,7 +122,12 @@ def main() -> int:
             for replicas in (1, 2):
                 out = Path(tmp) / f"events-{replicas}.jsonl"
                 status = run_on_cluster(cfg, [clip, clip], output=str(out), address=None, replicas=replicas, realtime=True)
-                report[f"f2e_p95_ms_{replicas}_replica"] = {"per_stream": f2e_p95(out), "status": status}
+                from stream.cluster.placement import current_router
+
+                router = current_router()
+                placed = {rid: len(times) for rid, times in router._placed.items()} if router is not None else {}
+                report[f"f2e_p95_ms_{replicas}_replica"] = {"per_stream": f2e_p95(out), "status": status,
+                                                            "placed_per_replica": placed}
                 print(f"2 paced streams on {replicas} replica(s):", report[f"f2e_p95_ms_{replicas}_replica"], file=sys.stderr)
     finally:
         deploy.shutdown(deploy.APP_NAME, local=True)
