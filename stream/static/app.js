@@ -15,7 +15,7 @@ let lastHeard = 0;            // when the data channel last brought anything
 let heartbeats = false;       // the server sends heartbeats (server.heartbeat_s > 0)
 let retries = 0;              // reconnects in a row without a heartbeat in between
 const LOST_MS = 4000;         // this long without a message after heartbeats: the server is gone
-const MAX_RETRIES = 5;
+const MAX_RETRIES = 8;         // backing off 1, 2, 4, 8, 10, 10... s: about a minute in all
 let stream = null;
 let points = [];              // {t, score, label}
 let finals = [];
@@ -153,7 +153,7 @@ function lost(why) {
   if (retries >= MAX_RETRIES) { showError(`${why}: gave up after ${MAX_RETRIES} reconnects, press start`); return; }
   retries += 1;
   notice(`${why}: reconnecting (${retries}/${MAX_RETRIES})`);
-  setTimeout(() => { if (!pc) start(); }, 1000 * retries);
+  setTimeout(() => { if (!pc) start(); }, Math.min(1000 * 2 ** (retries - 1), 10000));
 }
 
 // Says goodbye so the server frees this call's slot at once (not after its media timeout).
