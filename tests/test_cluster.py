@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from aiortc import RTCPeerConnection
 from prometheus_client.parser import text_string_to_metric_families
 
 from models.errors import ConfigError
@@ -96,7 +97,8 @@ def cluster():
     from stream.cluster import deploy
 
     cfg = load_config(TINY_CONFIG, ["cluster.cpus_per_replica=0.5", "cluster.max_streams_per_replica=2",
-                                    "server.port=0", "server.media_timeout_s=30"])
+                                    "server.port=0", "server.media_timeout_s=30", "server.max_clients_per_address=3",
+                                    "server.connect_timeout_s=5"])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:
@@ -176,6 +178,42 @@ async def test_two_calls_land_on_different_replicas_and_metrics_come_from_them(c
     await until_health(base, lambda h: h["connections"] == 0, 30, "slots freed after the calls")
 
 
+async def pending_offer(base: str, local_addr: str = "127.0.0.1") -> tuple[int, dict, dict]:
+    """POST an offer and never connect: it holds a slot for server.connect_timeout_s."""
+    pc = RTCPeerConnection()
+    pc.addTrack(FlatVideo())
+    await pc.setLocalDescription(await pc.createOffer())
+    try:
+        connector = aiohttp.TCPConnector(local_addr=(local_addr, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async with http.post(base + "offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+                return r.status, await r.json(), dict(r.headers)
+    finally:
+        await pc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@on_module_loop
+async def test_cluster_wide_address_cap_and_503_only_when_every_replica_is_full(cluster):
+    base = cluster.base
+    await until_health(base, lambda h: len(h["replicas"]) == 2 and h["connections"] == 0, 60, "2 idle replicas")
+    # 3 per address, 2 per replica: the third one from 127.0.0.1 is on the other replica and still counts.
+    for _ in range(3):
+        status, body, _ = await pending_offer(base)
+        assert status == 200, body
+    status, body, headers = await pending_offer(base)
+    assert status == 429 and "too many connections from 127.0.0.1" in body["error"]
+    assert headers.get("Retry-After") == "5"
+    status, body, _ = await pending_offer(base, "127.0.0.2")  # the last free slot, on the less full replica
+    assert status == 200, body
+    h = await until_health(base, lambda h: h["connections"] == 4, 10, "4 slots taken")
+    assert sorted(r["streams"] for r in h["replicas"]) == [2, 2]
+    status, body, headers = await pending_offer(base, "127.0.0.2")
+    assert status == 503 and body["error"].startswith("server full") and headers.get("Retry-After") == "5"
+    await until_health(base, lambda h: h["connections"] == 0, 30, "pending slots given back")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @on_module_loop
@@ -235,3 +273,39 @@ async def test_run_ray_three_files_one_jsonl_with_every_stream_and_a_summary_eac
         mine = [e for e in events if e["stream"] == clip]
         assert any(e["type"] == "sentiment" for e in mine), clip
         assert [e["type"] for e in mine].count("summary") == 1 and mine[-1]["type"] == "summary"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@on_module_loop
+async def test_autoscaling_adds_a_replica_for_streams_in_use_and_503_at_max(cluster):
+    """1..2 replicas of 1 stream each: one call fills the first, the policy (streams in use + one
+    free slot) adds the second, the next call lands there; a third is refused (max reached)."""
+    from ray import serve
+
+    from stream.cluster import deploy
+
+    serve.delete(deploy.APP_NAME, _blocking=True)
+    cfg = load_config(TINY_CONFIG, ["cluster.cpus_per_replica=0.5", "cluster.max_streams_per_replica=1",
+                                    "cluster.min_replicas=1", "cluster.max_replicas=2", "server.port=0",
+                                    "server.media_timeout_s=60"])
+    handle = await asyncio.to_thread(deploy.deploy, cfg)
+    where = await handle.address.remote()
+    base = f"http://127.0.0.1:{where['port']}/"
+    h = await until_health(base, lambda h: len(h["replicas"]) == 1, 60, "min_replicas up")
+    assert h["max_clients"] == 2  # what autoscaling can reach
+    clients = [Tracked([FlatVideo()]), Tracked([FlatVideo()])]
+    try:
+        status, body = await clients[0].connect(base)
+        assert status == 200, body
+        first = h["replicas"][0]["id"]
+        h = await until_health(base, lambda h: len(h["replicas"]) == 2, 180, "a second replica for the stream in use")
+        status, body = await clients[1].connect(base)
+        assert status == 200, body
+        h = await until_health(base, lambda h: sorted(r["streams"] for r in h["replicas"]) == [1, 1], 20, "one stream each")
+        assert first in {r["id"] for r in h["replicas"]}
+        status, body, _ = await pending_offer(base)
+        assert status == 503, body
+    finally:
+        for c in clients:
+            await c.close()

@@ -12,7 +12,7 @@ import collections
 import time
 from typing import Any, List, Optional
 
-from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, RequestRouter, RunningReplica
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from . import placement
 from .placement import ReplicaLoad, rank_by_free_capacity
@@ -44,12 +44,13 @@ class MostFreeCapacityRouter(FIFOMixin, RequestRouter):
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
+        """One replica per rank, most free first (ties by id): Serve takes the first rank's replica
+        unless its request queue is full. The pick is counted at once as a placement, because
+        concurrent offers are routed before any of them is in a report (or even routed)."""
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         loads = [ReplicaLoad.from_stats(i, r.routing_stats) for i, r in by_id.items()]
-        ranks = rank_by_free_capacity(loads, {load.id: self.placed_since(load) for load in loads})
-        return [[by_id[i] for i in rank] for rank in ranks]
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        if pending_request.metadata.call_method in PLACING_METHODS:
-            self._placed[replica_id.unique_id].append(time.time())
-
+        ranks = [i for rank in rank_by_free_capacity(loads, {load.id: self.placed_since(load) for load in loads})
+                 for i in rank]
+        if ranks and (pending_request is None or pending_request.metadata.call_method in PLACING_METHODS):
+            self._placed[ranks[0]].append(time.time())
+        return [[by_id[i]] for i in ranks]

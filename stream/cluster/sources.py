@@ -26,22 +26,36 @@ def stream_names(sources: list[str]) -> list[str]:
     return names
 
 
+PLACE_ATTEMPTS = 10  # a source refused by a full replica is placed again (the load view catches up)
+PLACE_RETRY_S = 1.0
+
+
 async def _one(handle: Any, source: str, name: str, realtime: bool, sink: FanoutSink) -> bool:
     """One source's events into the sink; False when it failed (an `error` event says why)."""
     from ray.exceptions import RayError
 
-    try:
-        async for event in handle.options(stream=True).analyze_source.remote(source, name, realtime):
-            sink.emit(event)
-            if event.get("type") == "error":
-                print(f"error: {name}: {event.get('message')}", file=sys.stderr)
-        return True
-    except (RayError, SlotRefused) as exc:
-        cause = getattr(exc, "cause", None) or exc  # the replica's own exception (UserError: a bad source)
-        message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        sink.emit(make_event("error", name, 0.0, message=message))
-        print(f"error: {name}: {message}", file=sys.stderr)
-        return False
+    for attempt in range(PLACE_ATTEMPTS):
+        started = False
+        try:
+            async for event in handle.options(stream=True).analyze_source.remote(source, name, realtime):
+                started = True
+                sink.emit(event)
+                if event.get("type") == "error":
+                    print(f"error: {name}: {event.get('message')}", file=sys.stderr)
+            return True
+        except (RayError, SlotRefused) as exc:
+            cause = getattr(exc, "cause", None) or exc  # the replica's own exception (UserError: a bad source)
+            if isinstance(cause, SlotRefused) and not started and attempt + 1 < PLACE_ATTEMPTS:
+                await asyncio.sleep(PLACE_RETRY_S)
+                continue
+            message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            if isinstance(cause, SlotRefused):
+                message = (f"{message} (every replica stayed full for {PLACE_ATTEMPTS * PLACE_RETRY_S:g} s: "
+                           "raise --replicas or cluster.max_streams_per_replica)")
+            sink.emit(make_event("error", name, 0.0, message=message))
+            print(f"error: {name}: {message}", file=sys.stderr)
+            return False
+    return False
 
 
 async def _run_all(handle: Any, sources: list[str], realtime: bool, sink: FanoutSink) -> int:

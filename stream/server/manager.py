@@ -35,6 +35,9 @@ class SlotRefused(Exception):
         super().__init__(message)
         self.status, self.reason, self.message = status, reason, message
 
+    def __reduce__(self) -> tuple:  # crosses process boundaries (a cluster replica -> its caller)
+        return SlotRefused, (self.status, self.reason, self.message)
+
 
 def slot_refusal(in_use: int, capacity: int, from_address: int, address: str,
                  server: ServerConfig) -> Optional[tuple[int, str, str]]:
