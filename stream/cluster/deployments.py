@@ -68,8 +68,9 @@ class Analyzer:
                  self.capacity, self.device)
 
     # ------------------------------------------------------------------ load
-    def record_routing_stats(self) -> dict[str, Any]:
-        """Read by Serve every cluster.stats_period_s: placement, /healthz replicas, /metrics."""
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Read by Serve every cluster.stats_period_s: placement, /healthz replicas, /metrics.
+        Async: runs on the replica's event loop, where the connections change (no cross-thread reads)."""
         addresses: dict[str, int] = {}
         for slot in list(self.manager.connections.values()):
             addresses[slot.address] = addresses.get(slot.address, 0) + 1
@@ -77,10 +78,10 @@ class Analyzer:
                 "streams": len(self.manager.connections), "capacity": self.capacity, "device": self.device,
                 "addresses": addresses, "at": time.time(), "metrics": generate_latest().decode("utf-8")}
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         return {"streams": float(len(self.manager.connections)), "capacity": float(self.capacity)}
 
-    def info(self) -> dict[str, Any]:
+    async def info(self) -> dict[str, Any]:
         return {"id": self.id, "pid": self.pid, "node": self.node_ip}
 
     # ------------------------------------------------------------------ calls
