@@ -20,6 +20,7 @@ APP_NAME = "sentistream"
 # By import path: the processes that route (ingress, driver) and the controller import them.
 ROUTER_PATH = "stream.cluster.router.MostFreeCapacityRouter"
 POLICY_PATH = "stream.cluster.placement:autoscale_on_streams"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node this resource (1.0)
 HEALTH_CHECK_PERIOD_S = 2.0  # Serve notices a dead replica (and starts another) about this fast
 
 
@@ -73,8 +74,10 @@ def build(cfg: AppConfig, replicas: Optional[int] = None, with_ingress: bool = T
     ).bind(data)
     if not with_ingress:
         return analyzer
-    return serve.deployment(Ingress).options(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}).bind(
-        analyzer, data, replicas)
+    # On the head node: the address `serve --ray` prints, the port operators expose (docs/scale-out.md).
+    return serve.deployment(Ingress).options(
+        name="Ingress", num_replicas=1,
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}).bind(analyzer, data, replicas)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
