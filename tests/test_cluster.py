@@ -309,3 +309,17 @@ async def test_autoscaling_adds_a_replica_for_streams_in_use_and_503_at_max(clus
     finally:
         for c in clients:
             await c.close()
+
+
+def test_serve_config_application_builder_builds_without_a_cluster():
+    """`import_path: stream.cluster.deploy:app_builder` (KubeRay serveConfigV2, `serve run`) builds the
+    Ingress(Analyzer) application from a config file and overrides; a bad key is a ConfigError."""
+    pytest.importorskip("ray")
+    from ray.serve import Application
+
+    from stream.cluster.deploy import app_builder
+
+    app = app_builder({"config": str(TINY_CONFIG), "set": ["cluster.gpus_per_replica=1"], "replicas": 2})
+    assert isinstance(app, Application)
+    with pytest.raises(ConfigError):
+        app_builder({"config": str(TINY_CONFIG), "set": ["cluster.gpu=1"]})
