@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip wheel setuptools
 	# torch + torchvision first and pinned: pip takes these from local disk here.
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e '.[test,multilingual]'
+	$(PIP) install -e '.[test,multilingual,cluster]'
 	touch $(STAMP)
 
 # GPU hosts: also the CUDA 12 cuBLAS/NVRTC wheels CTranslate2 loads for Whisper on CUDA (~670 MB download).

@@ -33,6 +33,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
 
 
+def _ray_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--ray", action="store_true", help=what)
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="join this Ray cluster (e.g. ray://head:10001 or auto); default: start a local Ray")
+    p.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="exactly N Analyzer replicas (default: autoscale between cluster.min_replicas and max_replicas)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sentistream",
@@ -41,12 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = sub.add_parser("run", help="analyse a camera, file, URL or the bundled demo; events as JSON Lines")
-    run.add_argument("--source", required=True, metavar="SRC", help="camera index (0), file, URL (rtsp://...) or 'demo'")
+    run.add_argument("--source", action="append", default=None, metavar="SRC",
+                     help="camera index (0), file, URL (rtsp://...) or 'demo' (repeatable with --ray)")
+    run.add_argument("--sources", metavar="FILE", help="with --ray: one source per line (# comments allowed)")
     run.add_argument("--output", metavar="PATH", help="write events here (default: stdout)")
     run.add_argument("--overlay", metavar="OUT.mp4", help="write the video with the estimate drawn on it")
     run.add_argument("--realtime", action="store_true", help="pace files at native rate with live semantics")
     run.add_argument("--show", action="store_true", help="show the overlay in a window (needs a display)")
     run.add_argument("--report", metavar="OUT.html", help="write a visual HTML report at the end")
+    _ray_flags(run, "run every source on a Ray cluster (stream/cluster): one JSONL, events carry `stream`")
     _common(run)
 
     serve = sub.add_parser("serve", help="WebRTC server with a browser page for video-call overlays")
@@ -58,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer TOKEN' on offers and /metrics (visible in ps: "
                             "prefer --token-file or SENTISTREAM_TOKEN)")
     token.add_argument("--token-file", default=None, metavar="PATH", help="read the token from this file (first line)")
+    _ray_flags(serve, "serve from Analyzer replicas on a Ray cluster (docs/scale-out.md)")
     _common(serve)
 
     prof = sub.add_parser("profile", help="run N concurrent streams through the real pipeline and report latencies")

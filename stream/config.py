@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from models.config import (  # noqa: F401  (re-exported: the app's config is the model's plus its own)
     FusionConfig,
@@ -109,6 +109,9 @@ class ServerConfig(Section):
     connect_timeout_s: float = Field(10.0, gt=0, le=300)
     # A connected peer whose media and data channel both stay silent this long is closed (killed browser).
     media_timeout_s: float = Field(5.0, gt=0, le=300)
+    # A {"type": "heartbeat"} message on every call's data channel this often (0: none): a page that
+    # hears nothing for a few of these knows its server (or cluster replica) is gone and reconnects.
+    heartbeat_s: float = Field(1.0, ge=0, le=60)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # POST /analyze body (413 beyond)
     max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one WebSocket message (a JPEG frame, an audio chunk)
     max_frame_rate: float = Field(30.0, gt=0, le=240)  # WebSocket video frames/s per stream; excess dropped, counted
@@ -152,12 +155,34 @@ class FacesConfig(Section):
     keep_lost_frames: int = Field(3, ge=0, le=100)
 
 
+class ClusterConfig(Section):
+    """`serve --ray` / `run --ray`: Analyzer replicas on a Ray cluster (stream/cluster, docs/scale-out.md).
+    Each replica owns what one process owns today: the engine, Whisper and its streams."""
+
+    gpus_per_replica: float = Field(0.0, ge=0, le=64)  # Ray num_gpus of one Analyzer replica (1: a GPU each)
+    cpus_per_replica: float = Field(1.0, gt=0, le=1024)  # Ray num_cpus of one Analyzer replica
+    max_streams_per_replica: int = Field(8, ge=1, le=4096)  # offers/sources placed on one replica at most
+    min_replicas: int = Field(1, ge=1, le=1024)
+    max_replicas: int = Field(4, ge=1, le=1024)
+    # A replica is asked for its load (streams, capacity, metrics) this often; placement and
+    # /healthz see it at most about this old (plus Serve's broadcast delay).
+    stats_period_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "ClusterConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas}): "
+                             "raise cluster.max_replicas or lower cluster.min_replicas")
+        return self
+
+
 class AppConfig(ModelConfig):
     asr: AsrConfig = AsrConfig()
     faces: FacesConfig = FacesConfig()
     engine: EngineConfig = EngineConfig()
     pipeline: PipelineConfig = PipelineConfig()
     server: ServerConfig = ServerConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AppConfig:

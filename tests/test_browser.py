@@ -51,11 +51,10 @@ def fake_media(tmp_path_factory) -> tuple[Path, Path]:
     return y4m, wav
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    _need_chromium()  # before spending seconds on model loading
+def _start_serve(port: int = 0) -> tuple[subprocess.Popen, str]:
+    """`sentistream serve` as a subprocess; (process, base URL) once it says where it serves."""
     # A long media timeout: a slot freed within seconds of leaving the page was freed by its goodbye.
-    cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", "0",
+    cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", str(port),
            "--set", "server.media_timeout_s=120"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     base, seen = None, []
@@ -71,6 +70,13 @@ def server() -> Iterator[str]:
     if base is None:
         proc.kill()
         pytest.fail("`sentistream serve` did not start:\n" + "".join(seen[-20:]))
+    return proc, base
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    _need_chromium()  # before spending seconds on model loading
+    proc, base = _start_serve()
     yield base
     proc.send_signal(signal.SIGINT)
     try:
@@ -189,3 +195,41 @@ def test_page_lists_people_from_face_estimates(server, driver):
     for k in range(40):  # many short-lived ids: the list stays bounded
         driver.execute_script("onEvent(arguments[0])", event(2.0 + k, [(100 + k, "neutral", 0.0)]))
     assert len(driver.find_elements(By.CSS_SELECTOR, "#people li")) <= 16
+
+
+def test_page_notices_a_dead_server_and_reconnects_by_itself(driver):
+    """A killed server process sends no goodbye: the page must stop looking "connected" within
+    seconds (its heartbeats stop) and reconnect on its own once a server answers again (in a
+    cluster: another replica)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def text(element_id: str) -> str:
+        return driver.find_element(By.ID, element_id).text.strip()
+
+    first, base = _start_serve()
+    second = None
+    try:
+        driver.get(base)
+        driver.find_element(By.ID, "start").click()
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(
+            lambda d: text("status") == "connected" and d.execute_script("return heartbeats"))
+        port = int(re.search(r":(\d+)/$", base).group(1))
+        first.kill()  # SIGKILL: no goodbye, no closed channel
+        first.wait(10)
+        killed = time.monotonic()
+        WebDriverWait(driver, 15, poll_frequency=0.2).until(lambda d: "server lost" in text("notices"))
+        assert time.monotonic() - killed < 10
+        assert text("status") != "connected"
+        second, again = _start_serve(port)  # the same address comes back
+        assert again == base
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(lambda d: text("status") == "connected")
+        WebDriverWait(driver, 30, poll_frequency=0.5).until(lambda d: _health(base)["live"] == 1)
+        assert not driver.find_element(By.ID, "error").is_displayed()
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            if proc is not None and proc.stderr is not None:
+                proc.stderr.close()

@@ -129,5 +129,45 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
     return status
 
 
+def _sources(args: argparse.Namespace) -> list[str]:
+    """Every --source, then every line of --sources FILE (blank lines and # comments skipped)."""
+    given = args.source if isinstance(args.source, list) else [args.source]
+    sources = [s for s in given if s is not None and s.strip()]
+    path = getattr(args, "sources", None)
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except OSError as exc:
+            raise UserError(f"cannot read --sources {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--sources {path} is not text (UTF-8): write one source per line") from None
+        sources += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return sources
+
+
 def main(cfg: AppConfig, args: argparse.Namespace) -> int:
-    return asyncio.run(analyse(cfg, args))
+    sources = _sources(args)
+    cluster = bool(getattr(args, "ray", False))
+    if not sources:
+        raise UserError("give --source SRC (or, with --ray, several --source or --sources FILE)")
+    if not cluster:
+        extra = [flag for flag in ("sources", "ray_address", "replicas") if getattr(args, flag, None) is not None]
+        if extra or len(sources) > 1:
+            flag = "--" + extra[0].replace("_", "-") if extra else "several --source"
+            raise UserError(f"{flag} needs --ray (one source per run otherwise)")
+        args.source = sources[0]
+        return asyncio.run(analyse(cfg, args))
+    for flag in ("overlay", "show", "report"):
+        if getattr(args, flag, None):
+            raise UserError(f"--{flag} is not available with --ray (run that source without --ray)")
+    if args.replicas is not None and args.replicas < 1:
+        raise UserError("--replicas must be at least 1")
+    output = args.output if args.output not in (None, "-") else None
+    if output is not None:
+        check_output(output, "--output")
+    check_distinct({f"--source {s}": local_source(s) for s in sources}, {"--output": output})
+    from ..cluster.sources import run_on_cluster  # Ray only in cluster mode
+
+    return run_on_cluster(cfg, sources, output=args.output, address=args.ray_address, replicas=args.replicas,
+                          realtime=bool(args.realtime))

@@ -126,6 +126,17 @@ async def serve(cfg: AppConfig, stop: Optional[asyncio.Event] = None) -> None:
 def main(cfg: AppConfig, args: argparse.Namespace) -> int:
     server = _server_config(cfg, args)
     cfg = cfg.model_copy(update={"server": server})
-    asyncio.run(serve(cfg))
-    return 0
+    if not getattr(args, "ray", False):
+        for flag in ("ray_address", "replicas"):
+            if getattr(args, flag, None) is not None:
+                raise UserError(f"--{flag.replace('_', '-')} needs --ray")
+        asyncio.run(serve(cfg))
+        return 0
+    if args.replicas is not None and args.replicas < 1:
+        raise UserError("--replicas must be at least 1")
+    if args.ray_address is None:  # a local Ray: the ingress listens on this machine
+        _check_port(server.host, server.port)
+    from ..cluster.serve import serve_cluster  # Ray only in cluster mode
+
+    return serve_cluster(cfg, args.ray_address, args.replicas, warn_open=not _is_loopback(server.host) and not server.token)
 

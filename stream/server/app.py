@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional, Protocol
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
@@ -22,7 +22,7 @@ from ..runtime import Runtime
 from .auth import authorized
 from .connection import OfferError
 from .guards import guard_middleware
-from .manager import ConnectionManager
+from .manager import ConnectionManager, SlotRefused
 from .upload import analyze_route
 from .ws import follow_route, ws_route
 
@@ -33,6 +33,18 @@ MANAGER: web.AppKey[ConnectionManager] = web.AppKey("manager", ConnectionManager
 CONFIG: web.AppKey[AppConfig] = web.AppKey("config", AppConfig)
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 STARTED: web.AppKey[float] = web.AppKey("started", float)
+
+
+class OfferTarget(Protocol):
+    """Where POST /offer places a call: this process's ConnectionManager, or a cluster's replicas
+    (stream.cluster.ingress). The route's rules (token, body, JSON, refusal) are the same for both."""
+
+    def refusal(self, address: str) -> Optional[tuple[int, str, str]]: ...
+
+    async def open(self, offer: RTCSessionDescription, address: str = "") -> RTCSessionDescription: ...
+
+
+OFFERS: web.AppKey[OfferTarget] = web.AppKey("offers")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,7 +87,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-def _unauthorized() -> web.Response:
+def unauthorized() -> web.Response:
     return _error(401, "missing or wrong 'Authorization: Bearer <token>'", **{"WWW-Authenticate": "Bearer"})
 
 
@@ -101,12 +113,17 @@ def _parse_offer(body: bytes) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+def _refused(status: int, reason: str, message: str) -> web.Response:
+    OFFERS_REJECTED.labels(reason).inc()
+    return _error(status, message, **{"Retry-After": "5"})
+
+
 async def offer(request: web.Request) -> web.Response:
     cfg = request.app[CONFIG].server
-    manager = request.app[MANAGER]
+    target = request.app[OFFERS]
     if not authorized(request, cfg.token):
         OFFERS_REJECTED.labels("unauthorized").inc()
-        return _unauthorized()
+        return unauthorized()
     if request.content_length is not None and request.content_length > cfg.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=cfg.max_body_bytes, actual_size=request.content_length)
     body = await request.read()  # client_max_size enforces the limit for chunked bodies too
@@ -116,15 +133,15 @@ async def offer(request: web.Request) -> web.Response:
         OFFERS_REJECTED.labels("bad_offer").inc()
         return _error(400, str(exc))
     address = request.remote or ""
-    if (refused := manager.refusal(address)) is not None:
-        status, reason, message = refused
-        OFFERS_REJECTED.labels(reason).inc()
-        return _error(status, message, **{"Retry-After": "5"})
+    if (refused := target.refusal(address)) is not None:
+        return _refused(*refused)
     try:
-        answer = await manager.open(description, address)
+        answer = await target.open(description, address)
     except OfferError as exc:
         OFFERS_REJECTED.labels("bad_offer").inc()
         return _error(400, str(exc))
+    except SlotRefused as exc:  # a cluster replica filled up between the ingress's check and the offer
+        return _refused(exc.status, exc.reason, exc.message)
     return web.json_response({"sdp": answer.sdp, "type": answer.type})
 
 
@@ -151,25 +168,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     if not authorized(request, request.app[CONFIG].server.token):
-        return _unauthorized()
+        return unauthorized()
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def base_app(cfg: AppConfig, offers: OfferTarget) -> web.Application:
+    """What every sentistream HTTP front shares: the JSON errors, the Host/Origin guard, the security
+    headers, the page and POST /offer placing calls on `offers`. create_app adds the single-process
+    routes; stream.cluster.ingress adds the cluster's /healthz and /metrics."""
+    # json_errors outermost: whatever the guard or a handler raises becomes a JSON error.
+    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors, guard_middleware(cfg.server)])
+    app[OFFERS], app[CONFIG], app[STARTED] = offers, cfg, time.monotonic()
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/", index)
+    app.router.add_post("/offer", offer)
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    return app
 
 
 def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     """The aiohttp app; it does not own `runtime` (the caller closes it after the app's cleanup)."""
-    # json_errors outermost: whatever the guard or a handler raises becomes a JSON error.
-    app = web.Application(client_max_size=cfg.server.max_body_bytes, middlewares=[json_errors, guard_middleware(cfg.server)])
     manager = ConnectionManager(runtime, cfg)
-    app[MANAGER], app[CONFIG], app[RUNTIME], app[STARTED] = manager, cfg, runtime, time.monotonic()
-    app.on_response_prepare.append(_security_headers)
-    app.router.add_get("/", index)
-    app.router.add_post("/offer", offer)
+    app = base_app(cfg, manager)
+    app[MANAGER], app[RUNTIME] = manager, runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/analyze", analyze_route(runtime, cfg, manager))  # issue 14: upload, WebSocket, followers
     app.router.add_get("/ws", ws_route(runtime, cfg, manager))
     app.router.add_get("/ws/events", follow_route(cfg, manager))
-    app.router.add_static("/static/", STATIC_DIR, show_index=False)
 
     async def close_connections(_: web.Application) -> None:
         await manager.close_all()

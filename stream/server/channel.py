@@ -28,6 +28,10 @@ class EventChannel:
         else:
             channel.on("open", self._flush)
 
+    @property
+    def is_open(self) -> bool:
+        return self.channel is not None and self.channel.readyState == "open"
+
     def send(self, event: dict[str, Any]) -> None:
         text = encode_event(event)
         ch = self.channel

@@ -55,6 +55,7 @@ class Connection:
         # connected one silent (no RTP packet, no data channel message) for media_timeout_s is closed.
         self.connect_timeout_s = limits.connect_timeout_s
         self.media_timeout_s = limits.media_timeout_s
+        self.heartbeat_s = limits.heartbeat_s
         self.max_video_size = (limits.max_video_width, limits.max_video_height)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.tracker = OverlayTracker(blur_faces=runtime.cfg.faces.blur_in_overlay)
@@ -109,6 +110,8 @@ class Connection:
         for track in self.extra_tracks:  # unused extra tracks still need draining (unbounded queue)
             self.tasks.append(asyncio.create_task(discard(track), name=f"conn-{self.id}-extra"))
         self.tasks.append(asyncio.create_task(self._watchdog(), name=f"conn-{self.id}-watchdog"))
+        if self.heartbeat_s > 0:
+            self.tasks.append(asyncio.create_task(self._heartbeat(), name=f"conn-{self.id}-heartbeat"))
         desc = pc.localDescription
         return RTCSessionDescription(sdp=desc.sdp, type=desc.type)
 
@@ -179,6 +182,14 @@ class Connection:
                 log.info("connection %s: no media or data for %g s", self.id, self.media_timeout_s)
                 await self.close("media_timeout")
                 return
+
+    async def _heartbeat(self) -> None:
+        """`{"type": "heartbeat"}` on the open data channel every heartbeat_s: silence tells the client
+        this server process is gone (a killed process sends no goodbye; ICE takes ~30 s to notice)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.events.is_open:
+                self.events.send({"type": "heartbeat", "stream": self.id})
 
     def _on_session_done(self, task: asyncio.Task) -> None:
         if task.cancelled():

@@ -9,7 +9,7 @@ from typing import Optional, Protocol, Union
 
 from aiortc import RTCIceServer, RTCSessionDescription
 
-from ..config import AppConfig
+from ..config import AppConfig, ServerConfig
 from ..metrics import CONNECTIONS, CONNECTIONS_TOTAL
 from ..runtime import Runtime
 from .connection import Connection
@@ -27,6 +27,30 @@ class Slot(Protocol):
     async def close(self, reason: str = ...) -> None: ...
 
 
+class SlotRefused(Exception):
+    """A slot refused where the check could not happen before the await (a cluster replica that
+    filled up meanwhile): the same (status, reason, message) as `slot_refusal`."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries (a cluster replica -> its caller)
+        return SlotRefused, (self.status, self.reason, self.message)
+
+
+def slot_refusal(in_use: int, capacity: int, from_address: int, address: str,
+                 server: ServerConfig) -> Optional[tuple[int, str, str]]:
+    """The one slot rule (HTTP status, metrics reason, message), or None: full -> 503, the client
+    address's cap -> 429. A single server and a cluster ingress (stream.cluster) both apply it."""
+    if in_use >= capacity:
+        return 503, "full", f"server full: {capacity} clients connected, try again later"
+    if from_address >= server.max_clients_per_address:
+        return 429, "per_address", (f"too many connections from {address or 'your address'} "
+                                    f"(limit {server.max_clients_per_address}): close one or try again later")
+    return None
+
+
 class ConnectionManager:
     def __init__(self, runtime: Runtime, cfg: AppConfig, ice_servers: tuple[RTCIceServer, ...] = ()) -> None:
         self.runtime = runtime
@@ -42,16 +66,11 @@ class ConnectionManager:
         return len(self.connections) >= self.cfg.server.max_clients
 
     def refusal(self, address: str) -> Optional[tuple[int, str, str]]:
-        """Why a new slot for `address` is refused, as (HTTP status, metrics reason, message), or None.
+        """Why a new slot for `address` is refused (see `slot_refusal`), or None.
         Call right before taking the slot (no await in between): the checks cannot race. Pending
         peers count too, so replaying one captured offer cannot hold more than the per-address cap."""
-        server = self.cfg.server
-        if self.full:
-            return 503, "full", f"server full: {server.max_clients} clients connected, try again later"
-        if self.from_address(address) >= server.max_clients_per_address:
-            return 429, "per_address", (f"too many connections from {address or 'your address'} "
-                                        f"(limit {server.max_clients_per_address}): close one or try again later")
-        return None
+        return slot_refusal(len(self.connections), self.cfg.server.max_clients, self.from_address(address),
+                            address, self.cfg.server)
 
     def from_address(self, address: str) -> int:
         """Connections (pending or live) opened by this client address."""

@@ -10,6 +10,12 @@ const MAX_FINALS = 60;        // transcript segments kept on the page
 let pc = null;
 let channel = null;           // the "events" data channel: events in, "ping"/"bye" out
 let pinger = null;
+let watchdog = null;          // reconnects when the server's heartbeats stop (its process is gone)
+let lastHeard = 0;            // when the data channel last brought anything
+let heartbeats = false;       // the server sends heartbeats (server.heartbeat_s > 0)
+let retries = 0;              // reconnects in a row without a heartbeat in between
+const LOST_MS = 4000;         // this long without a message after heartbeats: the server is gone
+const MAX_RETRIES = 8;         // backing off 1, 2, 4, 8, 10, 10... s: about a minute in all
 let stream = null;
 let points = [];              // {t, score, label}
 let finals = [];
@@ -82,11 +88,16 @@ async function start() {
     pc = new RTCPeerConnection({ iceServers: [] });
     channel = pc.createDataChannel("events");
     channel.onmessage = (e) => {
+      lastHeard = Date.now();
       try { onEvent(JSON.parse(e.data)); } catch (err) { console.error(err); }
     };
     // The server closes a peer silent for server.media_timeout_s: media keeps it alive, and so does
     // this ping while the camera or microphone sends nothing (muted).
-    channel.onopen = () => { pinger = setInterval(() => send({ type: "ping" }), 2000); };
+    channel.onopen = () => {
+      pinger = setInterval(() => send({ type: "ping" }), 2000);
+      lastHeard = Date.now();
+      watchdog = setInterval(checkAlive, 1000);
+    };
     pc.ontrack = (e) => {
       if (e.track.kind !== "video") return;
       $("video").srcObject = e.streams && e.streams[0] ? e.streams[0] : new MediaStream([e.track]);
@@ -95,7 +106,7 @@ async function start() {
     pc.onconnectionstatechange = () => {
       const s = pc ? pc.connectionState : "closed";
       setStatus(s === "connected" ? "connected" : s === "failed" ? "failed" : "connecting", s);
-      if (s === "failed") stop("connection failed");
+      if (s === "failed") lost("connection failed");
     };
     for (const track of stream.getTracks()) pc.addTrack(track, stream);
     if (!wantVideo) $("video-placeholder").textContent = "Microphone only: text-only estimates.";
@@ -116,9 +127,11 @@ async function start() {
     await pc.setRemoteDescription(answer);
     $("stop").disabled = false;
   } catch (err) {
+    const message = err && err.message ? err.message : String(err);
+    if (retries > 0) return lost(message);  // reconnecting: keep trying (backing off) up to MAX_RETRIES
     stop();
     setStatus("error", "error");
-    showError(err && err.message ? err.message : String(err));
+    showError(message);
   }
 }
 
@@ -128,11 +141,28 @@ function send(message) {
   }
 }
 
+// A stream whose server (or cluster replica) died must never look "running": with heartbeats
+// seen, silence for LOST_MS means it is gone; a new offer goes to a live replica.
+function checkAlive() {
+  if (heartbeats && Date.now() - lastHeard > LOST_MS) lost("server lost");
+}
+
+function lost(why) {
+  stop(why);
+  setStatus("error", why);
+  if (retries >= MAX_RETRIES) { showError(`${why}: gave up after ${MAX_RETRIES} reconnects, press start`); return; }
+  retries += 1;
+  notice(`${why}: reconnecting (${retries}/${MAX_RETRIES})`);
+  setTimeout(() => { if (!pc) start(); }, Math.min(1000 * 2 ** (retries - 1), 10000));
+}
+
 // Says goodbye so the server frees this call's slot at once (not after its media timeout).
 function bye() { send({ type: "bye" }); }
 
 function stop(reason) {
   if (pinger) { clearInterval(pinger); pinger = null; }
+  if (watchdog) { clearInterval(watchdog); watchdog = null; }
+  heartbeats = false;
   bye();
   channel = null;
   if (pc) { pc.close(); pc = null; }
@@ -152,6 +182,7 @@ function setBar(id, value) {
 
 function onEvent(ev) {
   switch (ev.type) {
+    case "heartbeat": heartbeats = true; retries = 0; return;
     case "sentiment": return onSentiment(ev);
     case "transcript": return onTranscript(ev);
     case "warning": return notice(ev.message);
@@ -280,7 +311,7 @@ function drawTimeline() {
 }
 
 $("start").addEventListener("click", start);
-$("stop").addEventListener("click", () => stop());
+$("stop").addEventListener("click", () => { retries = 0; stop(); });
 window.addEventListener("resize", drawTimeline);
 // pagehide (not beforeunload): fires on reload, close and navigation, and keeps the back/forward cache.
 window.addEventListener("pagehide", () => stop());
