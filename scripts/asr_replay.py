@@ -12,7 +12,9 @@ voices, rates, numbers, pauses, noise); `--clips legacy` the 4 clips the default
 Modes: live (the virtual clock above, `asr.chunk_seconds`), file (the same transcriber with
 `asr.file_chunk_seconds`, as `sentistream run` on a file) and offline (faster-whisper's
 `transcribe` on the whole clip, beam 5: the ceiling). Each `--variant NAME:KEY=VALUE,KEY=VALUE`
-adds a configuration to compare in the same run.
+adds a configuration to compare in the same run. `--clock 0.12` charges every Whisper decode a fixed
+0.12 s instead of its measured time: replays become deterministic (measured pass times move where
+later passes fall, which moves WER by a few hundredths on this set), for comparing policies.
 """
 from __future__ import annotations
 
@@ -59,8 +61,10 @@ def make_eval_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
     return {c.name: (render(c, work / "eval"), c.reference, c.split) for c in CLIPS}
 
 
-def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter) -> tuple[list[float], str, int]:
-    """(per-word lag in s, final text, passes) for one clip."""
+def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter,
+           pass_cost: Optional[float] = None) -> tuple[list[float], str, int]:
+    """(per-word lag in s, final text, passes) for one clip. `pass_cost`: every Whisper decode advances
+    the virtual clock by this many seconds instead of its measured time (deterministic replays)."""
     from stream.asr import StreamingTranscriber
     from stream.asr.agreement import join_words
     from stream.sources.audio import SAMPLE_RATE
@@ -83,7 +87,7 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_c
         passes, began = tr.passes, clock()
         updates = tr.process()
         if tr.passes > passes:
-            now += clock() - began
+            now += (tr.passes - passes) * pass_cost if pass_cost is not None else clock() - began
         elif k < len(packets):
             now = max(now, packets[k][0])
         take(updates, now)
@@ -95,8 +99,9 @@ def file_mode(model: Any, asr_cfg: Any, audio: np.ndarray) -> str:
     """The transcriber as file analysis runs it: `file_chunk_seconds` steps, no clock."""
     from stream.asr import StreamingTranscriber
     from stream.asr.agreement import join_words
+    from stream.config import file_asr_config
 
-    tr = StreamingTranscriber(model, asr_cfg.model_copy(update={"chunk_seconds": asr_cfg.file_chunk_seconds}))
+    tr = StreamingTranscriber(model, file_asr_config(asr_cfg))
     words: list = []
     step = 16000 // 2
     for i in range(0, audio.size, step):
@@ -128,7 +133,8 @@ def summarize(rows: list[dict[str, Any]], lags: dict[str, list[float]]) -> dict[
 
 
 def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarray, str, str]],
-                modes: list[str], offline_wer: dict[str, float], clock: Any = time.perf_counter) -> dict[str, Any]:
+                modes: list[str], offline_wer: dict[str, float], clock: Any = time.perf_counter,
+                pass_cost: Optional[float] = None) -> dict[str, Any]:
     from media import wer
 
     from stream.asr.model import load_whisper
@@ -141,7 +147,7 @@ def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarr
         row: dict[str, Any] = {"clip": name, "split": split, "seconds": round(audio.size / 16000, 1)}
         lags: list[float] = []
         if "live" in modes:
-            lags, text, passes = replay(model, cfg, audio, clock)
+            lags, text, passes = replay(model, cfg, audio, clock, pass_cost)
             row.update(live_wer=round(wer(reference, text), 4), lag_p50_ms=_ms(lags, 50), lag_p95_ms=_ms(lags, 95),
                        passes=passes, live_text=text)
         if "file" in modes:
@@ -167,9 +173,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="eval: the 14-clip set with tuning/held-back halves; legacy: the 4 tuned-on clips")
     p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="eval clips to run")
     p.add_argument("--modes", default="live,file,offline", help="comma list of live, file, offline")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="what a pass costs on the virtual clock: wall time (a quiet machine), or the process's "
-                        "CPU time (a shared machine, where waiting for a core is not the pass's cost)")
+    p.add_argument("--clock", default="wall", metavar="wall|cpu|SECONDS",
+                   help="what a pass costs on the virtual clock: wall time (a quiet machine), the process's "
+                        "CPU time (a shared machine, where waiting for a core is not the pass's cost), or a fixed "
+                        "number of seconds per Whisper decode (deterministic: compare policies without timing noise)")
     return p.parse_args(argv)
 
 
@@ -179,6 +186,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if shutil.which("espeak-ng") is None:
         print("error: needs espeak-ng on PATH (make apt)", file=sys.stderr)
         return 2
+    pass_cost = None
+    if args.clock not in ("wall", "cpu"):
+        try:
+            pass_cost = float(args.clock)
+        except ValueError:
+            print(f"error: --clock {args.clock!r}: use wall, cpu or seconds per pass (e.g. 0.12)", file=sys.stderr)
+            return 2
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     clips = make_eval_clips(work) if args.clips == "eval" else make_legacy_clips(work)
@@ -190,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, _, spec in variants:
         overrides = [s for s in spec.split(",") if s]
         res = run_variant(args.base, overrides, clips, modes, offline_wer,
-                          time.process_time if args.clock == "cpu" else time.perf_counter)
+                          time.process_time if args.clock == "cpu" else time.perf_counter, pass_cost)
         out["variants"][name] = res
         for r in res["clips"]:
             print(f"  {name}: " + " ".join(f"{k}={v}" for k, v in r.items() if k != "live_text"), flush=True)

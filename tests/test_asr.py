@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import collections
+import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -22,11 +23,11 @@ from scripts.media import (
     wer,
 )
 from stream.asr import StreamingTranscriber, TranscriptUpdate
-from stream.asr.agreement import Word, agreement, join_words, normalize, whole_words
+from stream.asr.agreement import Word, agreement, join_words, normalize, older_than, whole_words
 from stream.asr.model import load_whisper
 from stream.asr.pass_decoder import ShortPassDecoder, _drop_restart, encoder_frames
 from stream.asr.transcriber import looks_hallucinated
-from stream.config import AsrConfig
+from stream.config import AsrConfig, file_asr_config
 from stream.sources.audio import SAMPLE_RATE, AudioResampler, load_audio_16k
 from stream.windows import TranscriptWindow
 
@@ -215,7 +216,7 @@ def test_a_pass_that_skipped_speech_is_decoded_again_without_the_prompt():
             return [Decoded(words, 0.01, -0.2)]
 
     decoder = Skipping()
-    cfg = AsrConfig(vad=False, retry_skipped_seconds=1.5)
+    cfg = AsrConfig(vad=False, retry_skipped_seconds=1.5, max_word_age_seconds=None)  # one pass, no age commit
     tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=decoder)
     tr._commit([Word(0.0, 0.3, "hello.")])
     tr._buf_start = SAMPLE_RATE  # committed text has left the buffer: the next pass gets a prompt
@@ -406,6 +407,27 @@ def test_agreement_waits_for_words_at_the_audio_edge():
     assert agreement(prev, new, settled=99, prev_settled=0.9) == 2  # ... or in the previous one
 
 
+def test_agreement_holds_words_either_pass_was_unsure_of():
+    prev, new = _hyp("the sun is shining"), _hyp("the sun is shining today")
+    unsure = [replace(w, probability=0.3) if w.text == "is" else w for w in new]
+    assert agreement(prev, unsure, 99, 99, min_probability=0.5) == 2  # "is" and all after it wait
+    assert agreement(prev, unsure, 99, 99, min_probability=0.2) == 4
+    assert agreement([replace(w, probability=0.3) if w.text == "sun" else w for w in prev], new, 99, 99,
+                     min_probability=0.5) == 1  # the previous pass's doubt counts too
+    assert agreement(prev, unsure, 99, 99) == 4  # no threshold: agreement alone decides
+    # A disputed word won by the newer pass must be a sure one as well.
+    prev, new = _hyp("but we're very lovely today and the"), _hyp("but wherever is lovely today and the sun")
+    shaky = [replace(w, probability=0.2) if w.text == "wherever" else w for w in new]
+    assert agreement(prev, shaky, 99, 99, min_probability=0.5) == 1
+    assert agreement(prev, new, 99, 99, min_probability=0.5) == 7
+
+
+def test_older_than_counts_leading_words_ending_by_the_limit():
+    words = _hyp("a b c d")  # ends 0.3, 0.7, 1.1, 1.5
+    assert older_than(words, 1.1) == 3 and older_than(words, 0.2) == 0 and older_than(words, 9) == 4
+    assert older_than([], 9) == 0
+
+
 # ------------------------------------------------- LocalAgreement logic with a scripted "model"
 class ScriptedModel:
     """Stands in for Whisper: the audio itself spells the words. Word k is a 0.3 s plateau of
@@ -469,6 +491,49 @@ def test_buffer_stays_bounded_when_passes_never_agree():
     finals += [u for u in tr.finish() if u.final]
     starts = [w.start for u in finals for w in u.words]
     assert starts == sorted(starts) and len(starts) > 50
+
+
+def test_word_age_bounds_the_lag_when_passes_never_agree():
+    # Passes that never agree (a noisy monologue): without a bound, words wait for the buffer limit;
+    # with asr.max_word_age_seconds every word is final at most one step after reaching that age.
+    audio = ScriptedModel.audio(60)
+    base = AsrConfig(vad=False, max_buffer_seconds=8.0, encoder_pad_seconds=None)
+    bounded = stream_audio(ScriptedModel(agree=False), base.model_copy(update={"max_word_age_seconds": 1.2}), audio)
+    unbounded = stream_audio(ScriptedModel(agree=False), base.model_copy(update={"max_word_age_seconds": None}), audio)
+    assert len(bounded.lags) >= 55
+    assert max(bounded.lags) <= 1.2 + base.chunk_seconds + 0.01, max(bounded.lags)
+    assert max(unbounded.lags) > 3.0  # the rule, not the buffer limit, is what bounded it
+    starts = [w.start for u in bounded.finals for w in u.words]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
+def test_files_have_no_word_age_bound():
+    cfg = AsrConfig(max_word_age_seconds=1.2, chunk_seconds=0.5, file_chunk_seconds=3.0)
+    assert file_asr_config(cfg).max_word_age_seconds is None and file_asr_config(cfg).chunk_seconds == 3.0
+    assert cfg.max_word_age_seconds == 1.2
+
+
+@pytest.fixture(scope="session")
+def monologue_audio(tmp_path_factory) -> np.ndarray:
+    require_tools("espeak-ng")
+    wav = tmp_path_factory.mktemp("monologue") / "monologue.wav"  # one espeak-ng call: no pause to commit at
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "175", "-g", "2", "-w", str(wav), " ".join(SENTENCES[:4])],
+                   check=True, capture_output=True)
+    return load_audio_16k(wav)
+
+
+@slow
+def test_real_whisper_finals_keep_the_lag_bound_without_pauses(whisper, monologue_audio):
+    # Real passes over speech with no pause: every final comes within the bound (media time; the
+    # compute of a pass comes on top live), and the bound costs little accuracy.
+    reference = " ".join(SENTENCES[:4])
+    bounded = stream_audio(whisper, AsrConfig(), monologue_audio)
+    free = stream_audio(whisper, AsrConfig(max_word_age_seconds=None), monologue_audio)
+    limit = AsrConfig().max_word_age_seconds + FEED_SECONDS
+    print(f"\nmonologue: bounded WER={wer(reference, bounded.text):.3f} max lag={max(bounded.lags):.2f}s; "
+          f"unbounded WER={wer(reference, free.text):.3f} max lag={max(free.lags):.2f}s")
+    assert max(bounded.lags) <= limit + 0.01, bounded.lags
+    assert wer(reference, bounded.text) <= min(0.25, wer(reference, free.text) + 0.1), bounded.text
 
 
 def test_feed_accepts_pcm16():

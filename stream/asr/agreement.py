@@ -15,6 +15,7 @@ class Word:
     end: float
     text: str  # without surrounding spaces
     space: bool = True  # Whisper spelled a space before it (False: it continues the previous word)
+    probability: float = 1.0  # the decoder's confidence in it (faster-whisper's word probability)
 
 
 def join_words(words: Iterable[Word]) -> str:
@@ -50,19 +51,34 @@ def _resync(prev: list[Word], new: list[Word], i: int, j: int) -> Optional[tuple
     return None
 
 
-def agreement(prev: list[Word], new: list[Word], settled: float, prev_settled: float) -> int:
+def agreement(prev: list[Word], new: list[Word], settled: float, prev_settled: float,
+              min_probability: float = 0.0) -> int:
     """How many leading words of `new` are final: LocalAgreement-2 (the prefix two consecutive
     passes share), re-synced after a local disagreement so one misheard word cannot hold back the
     rest of the sentence (the newer pass, which heard more context, wins the disputed words).
-    Only words ending by `settled` count: a word at the audio's edge may still be cut short."""
+    Only words ending by `settled` count: a word at the audio's edge may still be cut short.
+    A word either pass heard with a probability under `min_probability` (a disputed word: the newer
+    pass's) is not final yet, even if both passes wrote it: a guess repeated is still a guess."""
     i = j = n = 0
     while i < len(prev) and j < len(new) and new[j].end <= settled and prev[i].end <= prev_settled:
         if normalize(prev[i].text) == normalize(new[j].text):
+            if min(prev[i].probability, new[j].probability) < min_probability:
+                break
             i, j = i + 1, j + 1
             n = j
             continue
         anchor = _resync(prev, new, i, j)
         if anchor is None or new[anchor[1] + _ANCHOR - 1].end > settled:
             break
+        if any(w.probability < min_probability for w in new[j:anchor[1]]):
+            break
         i, j = anchor
+    return n
+
+
+def older_than(words: Sequence[Word], limit: float) -> int:
+    """How many leading words end by `limit` (words held back long enough: final whatever the agreement)."""
+    n = 0
+    while n < len(words) and words[n].end <= limit:
+        n += 1
     return n

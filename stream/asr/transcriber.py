@@ -26,7 +26,7 @@ from models.errors import one_line
 
 from ..config import AsrConfig
 from ..sources.audio import SAMPLE_RATE
-from .agreement import Word, agreement, join_words, normalize, whole_words
+from .agreement import Word, agreement, join_words, normalize, older_than, whole_words
 from .pass_decoder import Decoded, DecodedWord, PassDecoder, ShortPassDecoder
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
@@ -253,9 +253,19 @@ class StreamingTranscriber:
 
     def _agreement_pass(self) -> list[TranscriptUpdate]:
         new = self._new_words(self._transcribe(self._buf))
-        settled = self._time(self._buf_end) - self._cfg.settle_seconds
+        audio_end = self._time(self._buf_end)
+        settled = audio_end - self._cfg.settle_seconds
+        agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
+        if self._cfg.max_word_age_seconds is not None:  # bounded lag: old words are final as heard now
+            limit = audio_end - self._cfg.max_word_age_seconds
+            beam = self._cfg.commit_beam_size
+            if older_than(new, limit) > agreed and beam and beam > self._cfg.beam_size:
+                # Words about to be final without agreement: heard by the commit decode (a beam), as at a pause.
+                new = self._new_words(self._transcribe(self._buf, beam))
+                agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
+            agreed = max(agreed, older_than(new, limit))
         # Never commit part of a word: "10 o" now and "'clock" later would reach the page apart.
-        agreed = whole_words(new, agreement(self._hyp, new, settled, self._hyp_settled))
+        agreed = whole_words(new, agreed)
         self._hyp_settled = settled
         updates: list[TranscriptUpdate] = []
         update = self._commit(new[:agreed])
@@ -283,7 +293,8 @@ class StreamingTranscriber:
             if again and _uncovered(again, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) < \
                     _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE):
                 words = again
-        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" ")) for w in words]
+        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" "), w.probability)
+                for w in words]
 
     def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int]) -> list[DecodedWord]:
         """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from ..config import AppConfig, AsrConfig
+from ..config import AppConfig, AsrConfig, file_asr_config
 from ..queues import FileQueue, LatestQueue, MediaQueue
 from .progress import Progress
 
@@ -55,8 +55,7 @@ class FileClock:
         return FileQueue(_FILE_AUDIO_QUEUE)
 
     def asr_config(self) -> AsrConfig:
-        # No low latency needed: a longer step means fewer passes, same algorithm.
-        return self.cfg.asr.model_copy(update={"chunk_seconds": self.cfg.asr.file_chunk_seconds})
+        return file_asr_config(self.cfg.asr)
 
     async def run(self, s: Timeline) -> None:
         k = 1
