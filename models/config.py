@@ -30,10 +30,9 @@ class VisionConfig(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     cache_dir: Optional[str] = None
-    # Who runs the two towers. auto: ONNX Runtime for open_clip towers with a transformer image
-    # tower on the CPU (graphs exported once and cached on disk, models/onnx_backend.py: ViT-B-32
-    # 2.1x faster per frame than torch at batch 1 on 2 quiet cores, same features, docs/benchmarks.md
-    # "CLIP towers"); torch everywhere else (GPUs, hf: towers, convolutional towers such as MobileCLIP).
+    # Who runs the two towers. auto: ONNX Runtime for open_clip towers on the CPU (graphs exported
+    # once and cached on disk, models/onnx_backend.py; 1.5-2.9x faster per frame than torch at batch 1
+    # on 2 quiet cores, same features: docs/benchmarks.md "CLIP towers"); torch on GPUs and for hf: towers.
     backend: Literal["auto", "torch", "onnx"] = "auto"
     # onnx only: int8 = ONNX Runtime dynamic quantisation of the exported graphs' MatMul weights
     # (another ~2.5x on a CPU; features move slightly, cosine ~0.9998 on random weights: opt-in).

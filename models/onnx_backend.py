@@ -179,19 +179,14 @@ def quantized_graph(graph: Path, root: Path | None = None) -> Path:
     return out
 
 
-def transformer_image_tower(backbone: ClipBackbone) -> bool:
-    """A ViT-style image tower: no convolution but the patch embedding (CLIP ViTs, SigLIP)."""
-    return sum(isinstance(m, torch.nn.Conv2d) for m in backbone.clip.visual.modules()) <= 1
-
-
 def resolve_backend(cfg: VisionConfig, backbone: Backbone) -> str:
-    """`vision.backend` as it will run. auto = onnx for open_clip towers with a transformer image
-    tower on the CPU, where ONNX Runtime measured faster (ViT-B-32 2.1x, SigLIP2 B/16 ~2x per
-    frame at batch 1), when onnxruntime is importable; torch otherwise: GPUs, transformers (hf:)
-    towers, and convolutional towers (MobileCLIP's FastViT measured ~2x slower on ONNX Runtime)."""
+    """`vision.backend` as it will run. auto = onnx for open_clip towers on the CPU, where ONNX
+    Runtime measured faster per frame at batch 1 on 2 quiet cores (ViT-B-32 1.7x, MobileCLIP2-S0
+    1.5x, SigLIP2 B/16 2.4x: docs/benchmarks.md), when onnxruntime is importable; torch otherwise
+    (GPUs, transformers `hf:` towers)."""
     if cfg.backend != "auto":
         return cfg.backend
-    if not isinstance(backbone, ClipBackbone) or backbone.device.type != "cpu" or not transformer_image_tower(backbone):
+    if not isinstance(backbone, ClipBackbone) or backbone.device.type != "cpu":
         return "torch"
     try:
         import onnxruntime  # noqa: F401
