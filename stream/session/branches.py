@@ -90,10 +90,17 @@ class VideoBranch:
             fresh = [f for f in frames if now - f.wall <= max_age]
             self.frames_stale += len(frames) - len(fresh)
             frames = fresh
-        # Face crops (after detection) are encoded together with the frames: one set of CLIP batches.
-        face_jobs = await self.faces.prepare(frames) if self.faces is not None else ()
         deadlines = [None if max_age is None else f.wall + max_age for f in frames]
-        results = await asyncio.gather(*(self.engine.encode_frame(f.image, d) for f, d in zip(frames, deadlines)), *face_jobs)
+        # The frames go to CLIP first; face detection (a worker thread) runs meanwhile, and the crops'
+        # encodes follow it: detection is not on the whole frame's path (one core each on 2 cores).
+        frame_jobs = [asyncio.ensure_future(self.engine.encode_frame(f.image, d)) for f, d in zip(frames, deadlines)]
+        try:
+            face_jobs = await self.faces.prepare(frames) if self.faces is not None else ()
+            results = await asyncio.gather(*frame_jobs, *face_jobs)
+        except BaseException:
+            for job in frame_jobs:
+                job.cancel()
+            raise
         feats = results[: len(frames)]
         done = time.perf_counter()
         late = False
