@@ -230,6 +230,9 @@ class OrtTower:
         self.device = device
         self.providers = self.session.get_providers()
 
+    def __deepcopy__(self, memo: dict) -> "OrtTower":
+        return self  # a session cannot be copied; it is immutable and `run` is thread-safe, so copies share it
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input: x.detach().cpu().numpy()})[0]
         return torch.from_numpy(np.ascontiguousarray(out)).to(self.device)

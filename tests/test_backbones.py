@@ -270,18 +270,24 @@ def _bench(tmp_path: Path, *extra: str) -> dict:
     res = subprocess.run([sys.executable, "scripts/bench_presets.py", "--presets", "tiny-test", "--seconds", "0.2", "--json", str(out), *extra],
                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert out.with_suffix(".md").read_text().count("| tiny-test |") == (2 if "--full" in extra else 1)
+    backends = 3 if "--backends" not in extra else len(extra[extra.index("--backends") + 1].split(","))
+    assert out.with_suffix(".md").read_text().count("| tiny-test |") == backends + (1 if "--full" in extra else 0)
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow  # a fresh interpreter per preset (~1 min on a busy 2-core host)
 def test_bench_presets_measures_a_preset(tmp_path):
-    (row,) = _bench(tmp_path)["towers"]
-    assert row["model"] == "sentistream-tiny-test" and row["embed_dim"] == 64
-    assert row["image_ms_per_frame_b1"] > 0 and row["image_ms_per_frame_b4"] > 0 and row["text_ms"] > 0 and row["peak_rss_mb"] > 0
+    rows = _bench(tmp_path)["towers"]
+    assert [r["backend"] for r in rows] == ["torch", "onnx", "onnx-int8"]  # each backend of the tower, one process each
+    for row in rows:
+        assert row["model"] == "sentistream-tiny-test" and row["embed_dim"] == 64
+        assert row["image_ms_per_frame_b1"] > 0 and row["image_ms_per_frame_b4"] > 0 and row["text_ms"] > 0 and row["peak_rss_mb"] > 0
+    assert rows[0]["parity_vs_torch"] is None
+    assert rows[1]["parity_vs_torch"]["image_min_cos"] >= 0.999 and rows[1]["parity_vs_torch"]["text_token_min_cos"] >= 0.999
+    assert rows[2]["parity_vs_torch"]["image_min_cos"] >= 0.99  # int8: close, not identical
 
 
 @pytest.mark.slow
 def test_bench_presets_full_profiles_the_pipeline(tmp_path):
-    pipe = _bench(tmp_path, "--full")["pipeline"]["tiny-test"]
+    pipe = _bench(tmp_path, "--full", "--backends", "torch")["pipeline"]["tiny-test"]
     assert pipe["file"]["realtime_factor"] > 0 and pipe["paced"]["frame_to_estimate_p95_ms"] > 0

@@ -108,9 +108,14 @@ async def test_engine_estimates_match_across_batch_sizes(tiny_model, tiny_cfg):
 
 
 @pytest.mark.slow
-async def test_compile_switch_gives_the_same_estimates(tiny_model, tiny_cfg):
-    eager = ModelEngine(tiny_model, tiny_cfg.engine)
-    compiled_model = copy.deepcopy(tiny_model)
+async def test_compile_switch_gives_the_same_estimates(tiny_cfg):
+    from models.factory import build_model
+
+    torch_cfg = tiny_cfg.model_copy(update={"vision": tiny_cfg.vision.model_copy(update={"backend": "torch"})})
+    model = build_model(torch_cfg)  # engine.compile compiles the torch towers
+    assert model.backbone.backend == "torch"
+    eager = ModelEngine(model, tiny_cfg.engine)
+    compiled_model = copy.deepcopy(model)
     compiled = ModelEngine(compiled_model, tiny_cfg.engine.model_copy(update={"compile": True}))
     frame = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     a, b = await eager.encode_frame(frame), await compiled.encode_frame(frame)

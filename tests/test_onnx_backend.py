@@ -65,6 +65,16 @@ def test_tiny_onnx_matches_torch(tiny_pair):
     assert min(cos.values()) >= 0.999, cos
 
 
+def test_a_model_on_onnx_runtime_can_be_deep_copied(tiny_pair):
+    import copy
+
+    _, _, onnx_bb, _ = tiny_pair
+    twin = copy.deepcopy(onnx_bb)  # e.g. a second engine built from a copy of the model
+    frames = _frames(6, [(64, 64)])
+    assert twin.image_tower is onnx_bb.image_tower  # the session is shared, not copied
+    assert torch.equal(twin.encode_images(frames), onnx_bb.encode_images(frames))
+
+
 def test_graphs_are_cached_by_weights(tiny_pair, onnx_cache, monkeypatch):
     cfg, torch_bb, _, chosen = tiny_pair
     assert {p.parent.name for p in chosen["graphs"].values()} == {graph_key(cfg.vision, torch_bb, t) for t in ("image", "text")}
