@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -58,11 +57,12 @@ def weights_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def graph_key(cfg: VisionConfig, backbone: ClipBackbone, tower: str) -> str:
+def graph_key(cfg: VisionConfig, backbone: ClipBackbone, tower: str, weights: str | None = None) -> str:
+    """`weights`: `weights_hash(backbone.clip)` when the caller has it already (it reads every parameter)."""
     parts = {
         "model": cfg.model,
         "arch": cfg.arch,
-        "weights": weights_hash(backbone.clip),
+        "weights": weights or weights_hash(backbone.clip),
         "dtype": str(backbone.dtype),
         "device": backbone.device.type,  # fp16 graphs exported on a GPU differ from CPU ones
         "opset": OPSET,
@@ -111,11 +111,22 @@ def export_tower(backbone: ClipBackbone, tower: str, path: Path) -> None:
         )
 
 
-def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Path | None = None) -> Path:
-    """The tower's .onnx in the cache, exported first if missing. Concurrent exports are safe:
-    each writes a private directory and renames it into place; the first rename wins."""
+def _install(staging: Path, final: Path) -> None:
+    """Rename a finished private directory into place. Concurrent writers are safe: the first rename
+    wins, and a lost race is fine when the winner's graph is there."""
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if not (final / "model.onnx").is_file():
+            raise
+
+
+def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Path | None = None,
+                 weights: str | None = None) -> Path:
+    """The tower's .onnx in the cache, exported first if missing (into a private directory, then
+    `_install`ed). `weights`: the backbone's `weights_hash`, if the caller has it already."""
     root = root or cache_root()
-    final = root / graph_key(cfg, backbone, tower)
+    final = root / graph_key(cfg, backbone, tower, weights)
     graph = final / "model.onnx"
     if graph.is_file():
         return graph
@@ -123,25 +134,18 @@ def cached_graph(cfg: VisionConfig, backbone: ClipBackbone, tower: str, root: Pa
     if cfg.backend == "auto" and failed.is_file():
         raise UserError(failed.read_text().strip() + f" (cached: delete {failed} to retry)")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
-    try:
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=root, ignore_cleanup_errors=True) as tmp:
         # Said at warning level: a first run pauses here (~15 s tiny, ~1 min ViT-B-32 on 2 CPU cores).
         log.warning("exporting the CLIP %s tower of %s to ONNX Runtime, once (cached in %s; vision.backend=torch skips it)",
                     tower, cfg.model, root)
         try:
-            export_tower(backbone, tower, tmp / "model.onnx")
+            export_tower(backbone, tower, Path(tmp) / "model.onnx")
         except Exception as exc:
             reason = f"vision.backend=onnx: exporting the {cfg.model} {tower} tower failed ({one_line(exc, 160)}); use vision.backend=torch"
             failed.write_text(reason + "\n")
             raise UserError(reason) from None
         failed.unlink(missing_ok=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not graph.is_file():  # someone else's rename won only if their graph is there
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _install(Path(tmp), final)
     return graph
 
 
@@ -155,27 +159,20 @@ def quantized_graph(graph: Path, root: Path | None = None) -> Path:
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = Path(tempfile.mkdtemp(prefix=".quantize-", dir=root))
-    try:
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=root, ignore_cleanup_errors=True) as tmp:
         quiet = logging.getLogger()  # the quantizer advises "pre-processing" on the root logger
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
             # MatMul/Gemm only: ConvInteger (the dynamic int8 conv) is slower than fp32 convs on CPUs.
-            quantize_dynamic(str(graph), str(tmp / "model.onnx"), weight_type=QuantType.QInt8, use_external_data_format=True,
+            quantize_dynamic(str(graph), str(Path(tmp) / "model.onnx"), weight_type=QuantType.QInt8, use_external_data_format=True,
                              op_types_to_quantize=["MatMul", "Gemm"])
         except Exception as exc:
             raise UserError(f"vision.quantize=int8: quantising {graph.parent.name} failed ({one_line(exc, 160)}); "
                             f"use vision.quantize=none") from None
         finally:
             quiet.setLevel(level)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not out.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _install(Path(tmp), final)
     return out
 
 
@@ -253,8 +250,9 @@ def use_onnx(backbone: ClipBackbone, cfg: VisionConfig, threads: int | None = No
     n = threads or torch.get_num_threads()
     towers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
     graphs = {}
+    weights = weights_hash(backbone.clip)  # once for both towers' keys: it reads every parameter
     for tower in ("image", "text"):
-        graphs[tower] = cached_graph(cfg, backbone, tower, root)
+        graphs[tower] = cached_graph(cfg, backbone, tower, root, weights)
         if cfg.quantize == "int8" and providers[0] == PROVIDERS["cpu"]:
             graphs[tower] = quantized_graph(graphs[tower], root)
         towers[tower] = OrtTower(graphs[tower], providers, n, backbone.device)
