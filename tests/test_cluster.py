@@ -160,7 +160,9 @@ async def test_two_calls_land_on_different_replicas_and_metrics_come_from_them(c
         h = await until_health(base, lambda h: sorted(r["streams"] for r in h["replicas"]) == [1, 1], 20,
                                "one stream on each replica")
         assert h["connections"] == 2
-        # /metrics at the ingress: the replicas' own counters, not the ingress's zeros.
+        # /metrics at the ingress: the replicas' own counters, not the ingress's zeros. Each replica's
+        # series arrive with its load report (~1 s apart), so wait until every replica's has.
+        replica_ids = {r["id"] for r in h["replicas"]}
         deadline = time.monotonic() + 20
         while True:
             async with aiohttp.ClientSession() as http:
@@ -168,10 +170,9 @@ async def test_two_calls_land_on_different_replicas_and_metrics_come_from_them(c
                     text = await r.text()
             frames = {s.labels["replica"]: s.value for f in text_string_to_metric_families(text)
                       for s in f.samples if s.name == "sentistream_frames_in_total"}
-            if sum(v for k, v in frames.items() if k != "ingress") > 0 or time.monotonic() > deadline:
+            if all(frames.get(r, 0) > 0 for r in replica_ids) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        replica_ids = {r["id"] for r in h["replicas"]}
         assert replica_ids <= set(frames), frames
         assert all(frames[r] > 0 for r in replica_ids), frames
     finally:
