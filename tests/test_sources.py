@@ -252,18 +252,40 @@ def test_frame_policy_converts_only_kept_frames_straight_to_model_size(media, ki
     reference = FrameSampler(2.0)
     expected = [reference.keep(v.t) for v in plain]
     video, audio = drain(str(media[kind]), FramePolicy(FrameSampler(2.0), (64, 64)))
-    # Every frame still arrives (skipped ones advance the media clock), in the same order and times.
-    assert [v.t for v in video] == [v.t for v in plain] and len(audio) == len(plain_audio)
-    assert [v.keep for v in video] == expected and sum(expected) == 4  # 2 s at 2 frames/s
+    # The frames a file decodes arrive in order with the plain path's times (skipped ones advance the
+    # media clock). Packets after a GOP's last kept frame are never decoded (keyframe every second,
+    # frames kept at 0 and 0.5 s of each): 2 x 8 of the 30 frames, plus all 15 of the last GOP.
+    times = [v.t for v in plain]
+    assert [v.t for v in video] == times[:8] + times[15:] and len(audio) == len(plain_audio)
+    assert [v.t for v in video if v.keep] == [t for t, k in zip(times, expected) if k]
+    assert sum(expected) == 4  # 2 s at 2 frames/s
     for v in video:
         assert v.display is None
         if v.keep:  # 160x120 scaled to cover 64x64 with its aspect kept: 85x64
             assert v.image is not None and v.image.shape == (64, 85, 3) and v.image.dtype == np.uint8
         else:
             assert v.image is None
+    # A display needs every frame: all are decoded, and the kept frames are the same pixels.
     shown, _ = drain(str(media[kind]), FramePolicy(FrameSampler(2.0), (64, 64), display=True))
+    assert [v.t for v in shown] == times and [v.keep for v in shown] == expected
     assert all(v.display is not None and v.display.shape == (120, 160, 3) for v in shown)
     assert all(v.full is v.display for v in shown)
+    for a, b in zip([v for v in video if v.keep], [v for v in shown if v.keep]):
+        assert np.array_equal(a.image, b.image)
+
+
+def test_a_file_with_b_frames_decodes_every_frame(tmp_path):
+    """Reordered frames (B-frames) may depend on the previous GOP: such a file is decoded whole."""
+    require_tools("ffmpeg")
+    path = tmp_path / "b.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=160x120:rate=15", "-t", "2", "-c:v", "libx264", "-preset", "medium",
+                    "-bf", "2", "-g", "15", "-pix_fmt", "yuv420p", str(path)], check=True)
+    plain, _ = drain(str(path))
+    video, _ = drain(str(path), FramePolicy(FrameSampler(2.0), (64, 64)))
+    reference = FrameSampler(2.0)
+    assert [v.t for v in video] == [v.t for v in plain] == sorted(v.t for v in plain)
+    assert [v.keep for v in video] == [reference.keep(v.t) for v in plain]
 
 
 def test_cover_size_matches_the_backbone_resize():

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 import av
 
 from models.errors import UserError, one_line
-from models.media import DamagedPackets, decode_packets, media_t0
+from models.media import DamagedPackets, decode_packets, decode_sampled, media_t0
 
 from .audio import SAMPLE_RATE, AudioResampler
 from .base import AudioChunk, MediaItem, MediaSource, SourceInfo, VideoFrame
@@ -49,6 +49,17 @@ def check_local_file(spec: str) -> None:
         raise UserError(f"{spec} is a directory; pass a media file inside it")
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{spec} is empty (0 bytes); re-record or re-export it")
+
+
+# Frames above this many pixels are decoded with FFmpeg's frame threads. Below it one thread costs
+# less CPU in all: threads cost ~20 % more CPU on 640x480 H.264 (0.19 vs 0.16 s for 30 s with 2 of
+# 30 frames decoded, `scripts/bench.py --webcam`), and one thread decodes 720p30 in ~3 % of a core.
+THREADED_DECODE_PIXELS = 1920 * 1080
+
+
+def threaded_decode(codec_context: Any) -> bool:
+    """Whether a video this size is worth FFmpeg's decoder threads (its own total CPU goes up)."""
+    return (codec_context.width or 0) * (codec_context.height or 0) > THREADED_DECODE_PIXELS
 
 
 class AvSource(MediaSource):
@@ -140,8 +151,7 @@ class AvSource(MediaSource):
 
     def _decode(self, policy: Optional[FramePolicy]) -> Iterator[MediaItem]:
         streams = [s for s in (self._video, self._audio) if s is not None]
-        if self._video is not None:
-            # FFmpeg's own frame/slice threads: the decoder no longer holds up the Python thread.
+        if self._video is not None and threaded_decode(self._video.codec_context):
             self._video.codec_context.thread_type = "AUTO"
         resampler = AudioResampler() if self._audio is not None else None
         next_audio_t: Optional[float] = None  # media time of the next resampled sample
@@ -167,7 +177,7 @@ class AvSource(MediaSource):
 
         try:
             # Damaged packets are skipped (live streams recover at the next keyframe); files report them at the end.
-            for stream, frame in decode_packets(self._container, *streams, damaged=damaged):
+            for stream, frame, decided in self._frames(streams, policy, damaged):
                 if self._stop.is_set():
                     return
                 if stream is self._video:
@@ -176,7 +186,7 @@ class AvSource(MediaSource):
                     if policy is None:
                         keep, image, display = None, frame.to_ndarray(format="rgb24"), None
                     else:  # skipped frames stay YUV: only their time is passed on
-                        keep = policy.keep(t)
+                        keep = decided if decided is not None else policy.keep(t)
                         image, display = policy.pixels(frame, keep)
                     if not pace(t):
                         return
@@ -214,6 +224,23 @@ class AvSource(MediaSource):
             raise UserError(f"{self.spec}: decoding failed at {last_t:.1f} s ({one_line(error)}); the file is "
                             f"truncated or corrupt, results up to there are kept") from None
         self._check_complete(last_t)
+
+    def _frames(self, streams: list[Any], policy: Optional[FramePolicy],
+                damaged: DamagedPackets) -> Iterator[tuple[Any, Any, Optional[bool]]]:
+        """(stream, frame, keep decided at the packet or None). A file sampled without a display
+        decodes only the video packets its kept frames depend on (`decode_sampled`); live sources
+        and full-frame consumers decode every packet."""
+        if policy is None or policy.display or self.live or self._video is None:
+            for stream, frame in decode_packets(self._container, *streams, damaged=damaged):
+                yield stream, frame, None
+            return
+
+        def keep(time_s: float) -> bool:
+            t = self._rel(time_s)
+            return policy.keep(0.0 if t is None else t)
+
+        others = [s for s in streams if s is not self._video]
+        yield from decode_sampled(self._container, self._video, *others, keep=keep, damaged=damaged)
 
     def _check_complete(self, last_t: float) -> None:
         # A file cut short (interrupted download/recording) often just ends without a decode error:
