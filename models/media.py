@@ -45,8 +45,16 @@ def decode_packets(container: Any, *streams: Any, damaged: DamagedPackets) -> It
 MAX_GOP_PACKETS = 2048
 
 
+class UndecodedPackets:
+    """How many video packets `decode_sampled` never decoded (no kept frame depended on them)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 def decode_sampled(container: Any, video: Any, *others: Any, keep: Callable[[float], bool],
-                   damaged: DamagedPackets) -> Iterator[tuple[Any, Any, Optional[bool]]]:
+                   damaged: DamagedPackets, undecoded: Optional[UndecodedPackets] = None,
+                   ) -> Iterator[tuple[Any, Any, Optional[bool]]]:
     """(stream, frame, keep) in demux order, for a video whose frames a sampler thins out, e.g. 2 of
     30 a second: `keep(t)` (media seconds, called once per video frame in time order) says which.
 
@@ -87,6 +95,8 @@ def decode_sampled(container: Any, video: Any, *others: Any, keep: Callable[[flo
         for i, packet in enumerate(packets):
             if i > last and packet.stream is video:
                 decisions.pop(packet.pts, None)  # never decoded: no kept frame depends on it
+                if undecoded is not None:
+                    undecoded.count += 1
                 continue
             yield from decode(packet)
 

@@ -46,6 +46,9 @@ class TextStateCache:
         self.hits = 0
         self.misses = 0
 
+    def holds(self, text: str, max_tokens: int) -> bool:
+        return (text, max_tokens) in self._rows
+
     def encode(self, model: SentimentModel, texts: Sequence[str], max_tokens: int, stats: Optional[LatencyStats]) -> TextStates:
         keys = [(t, max_tokens) for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._rows))
@@ -93,6 +96,10 @@ class ModelEngine:
         # hop rate when the streams send more frames than CLIP can take.
         self.images = MicroBatcher("clip_image", self._encode_images, self._executor, cfg.max_batch, cfg.max_wait_ms,
                                    self.stats, max_batch_ms=cfg.max_batch_ms, yield_to=self.fusion)
+        # Window texts encoded ahead of the estimate that will fuse them (live streams, as soon as the
+        # transcript changed): the text pass leaves frame -> estimate. After images, which wait for fusion.
+        self.texts = MicroBatcher("clip_text_ahead", self._encode_texts, self._executor, cfg.max_batch,
+                                  cfg.max_wait_ms, yield_to=self.images)
 
     @property
     def weights(self) -> str:
@@ -113,6 +120,11 @@ class ModelEngine:
         # Features stay on the model's device: windows and fusion use them there (GPU-resident).
         return list(self.model.backbone.encode_images(frames))
 
+    def _encode_texts(self, items: list[tuple[str, int]]) -> list[None]:
+        for max_tokens in sorted({m for _, m in items}):  # one budget in practice: the config's
+            self._text_cache.encode(self.model, [t for t, m in items if m == max_tokens], max_tokens, self.stats)
+        return [None] * len(items)
+
     def _fuse(self, requests: list[FusionRequest]) -> list[Estimate]:
         max_tokens = min(r.max_tokens for r in requests)
         text = self._text_cache.encode(self.model, [r.window.text for r in requests], max_tokens, self.stats)
@@ -132,7 +144,17 @@ class ModelEngine:
     async def estimate(self, window: WindowInput, max_tokens: int = 75) -> Estimate:
         return await self.fusion.submit(FusionRequest(window, max_tokens))
 
+    def has_text(self, text: str, max_tokens: int = 75) -> bool:
+        """Whether `text` is encoded already: an estimate fusing it runs no CLIP text pass."""
+        return self._text_cache.holds(text, max_tokens)
+
+    async def prepare_text(self, text: str, max_tokens: int = 75) -> None:
+        """Encode a window text into the text cache ahead of the estimate that will use it. Runs
+        after pending fusion and image work; an estimate that comes first encodes it itself (once)."""
+        await self.texts.submit((text, max_tokens))
+
     async def close(self) -> None:
+        await self.texts.close()
         await self.images.close()
         await self.fusion.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -153,6 +153,11 @@ async def run_profile(cfg: AppConfig, spec: str, *, streams: int = 1, realtime: 
     for rt in runtimes:  # sessions merged their own stats into their runtime's at the end
         stats.merge(rt.stats)
     report = build_report(cfg, spec, realtime, duration, shared, sessions, summaries, runtimes, stats, wall)
+    # Sampled files skip the packets no kept frame needs: frames_in counts only decoded frames.
+    undecoded = [int(getattr(src, "frames_undecoded", 0)) for src in sources]
+    report["frames_undecoded"] = sum(undecoded)
+    for row, n in zip(report["per_stream"], undecoded):
+        row["frames_undecoded"] = n
     report["errors"] = errors
     return ProfileResult(report, stats, runtimes)
 

@@ -120,3 +120,37 @@ def test_partial_text_changes_wait_n_hops_final_words_go_at_once():
     assert every_hop.at(3.0) == ("hello there my friend", 4)
     window.set_partial([Word(2.0, 2.4, "again")])
     assert every_hop.at(3.5)[0].endswith("again") and every_hop.counts()["held"] == 0
+
+
+async def test_live_estimates_never_wait_for_a_text_pass(runtime):
+    """A live estimate fuses the newest text only once it is encoded; until then the previous text,
+    while the new one is encoded off the estimate's path. Files always fuse the newest text."""
+    from stream.asr.agreement import Word
+
+    engine, budget = runtime.engine, runtime.cfg.window.max_text_tokens
+    session = StreamSession("t", runtime, lambda e: None, live=True, has_video=False, has_audio=False)
+    session.transcript.add_final([Word(0.0, 0.4, "hello")])
+    await session.estimate(0.5)  # nothing fused yet: the first text is encoded on the spot
+    assert session._fused_text == ("hello", 1) and session.text_deferred == 0
+    session.transcript.add_final([Word(0.5, 0.9, "world")])
+    misses = engine.text_cache.misses
+    await session.estimate(1.0)
+    assert session._fused_text == ("hello", 1) and session.text_deferred == 1
+    await session._text_ahead  # the new text was encoded ahead, as its own pass
+    assert engine.has_text("hello world", budget) and engine.text_cache.misses == misses + 1
+    await session.estimate(1.5)
+    assert session._fused_text == ("hello world", 2) and session.text_deferred == 1
+    # A transcript change starts the encode at once: the next estimate needs no pass of its own.
+    session.transcript.add_final([Word(1.5, 1.9, "again")])
+    session._clock = 2.0
+    session._on_transcript()
+    await session._text_ahead
+    await session.estimate(2.0)
+    assert session._fused_text == ("hello world again", 3) and session.text_deferred == 1
+
+    files = StreamSession("f", runtime, lambda e: None, live=False, has_video=False, has_audio=False)
+    files.transcript.add_final([Word(0.0, 0.4, "hello")])
+    await files.estimate(0.5)
+    files.transcript.add_final([Word(0.5, 0.9, "there")])
+    await files.estimate(1.0)
+    assert files._fused_text == ("hello there", 2) and files.text_deferred == 0

@@ -122,8 +122,10 @@ class VideoBranch:
 class AudioBranch:
     def __init__(self, name: str, transcriber: StreamingTranscriber, queue: MediaQueue, window: TranscriptWindow,
                  executor: Optional[concurrent.futures.Executor], stats: LatencyStats, progress: Progress,
-                 emit: Callable[[dict], None], *, catch_up: bool) -> None:
+                 emit: Callable[[dict], None], *, catch_up: bool,
+                 on_change: Optional[Callable[[], None]] = None) -> None:
         self.name = name
+        self.on_change = on_change  # called after new transcript words reached the window
         self.transcriber = transcriber
         self.queue = queue
         self.window = window
@@ -205,4 +207,6 @@ class AudioBranch:
             self.emit(make_event("transcript", self.name, self.transcriber.processed_until,
                                  t_start=round(up.t_start, 3), t_end=round(up.t_end, 3), text=up.text, final=up.final))
         self.until = max(self.until, self.transcriber.processed_until)
+        if updates and self.on_change is not None:
+            self.on_change()
         self.progress.notify()

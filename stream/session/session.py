@@ -38,22 +38,38 @@ class TextSchedule:
         self._hops = 0
         self.final = self.partial = self.held = 0  # new texts by cause; changes held back
 
-    def at(self, end: float) -> tuple[str, int]:
+    def _next(self, end: float) -> tuple[tuple[str, int], Optional[tuple[float, str]], Optional[str]]:
+        """((text, n), newest final word, cause: "final" | "partial" | "held" | None = unchanged) of
+        the text an estimate at `end` would fuse next; changes nothing."""
         text, n = self.window.text(end)
-        self._hops += 1
         if self._sent is not None and text == self._sent[0]:
-            return self._sent
+            return self._sent, self._newest_final, None
         finals = self.window.words(end, partial=False)
         newest = (finals[-1].end, finals[-1].text) if finals else None
         if self._sent is None or (newest is not None and newest != self._newest_final):
-            self.final += 1
-        elif self._hops >= self.every:
-            self.partial += 1
-        else:
+            return (text, n), newest, "final"
+        return (text, n), newest, ("partial" if self._hops + 1 >= self.every else "held")
+
+    def at(self, end: float) -> tuple[str, int]:
+        sent, newest, cause = self._next(end)
+        self._hops += 1
+        if cause is None:
+            return sent
+        if cause == "held":
             self.held += 1
+            assert self._sent is not None
             return self._sent
-        self._sent, self._newest_final, self._hops = (text, n), newest, 0
-        return self._sent
+        if cause == "final":
+            self.final += 1
+        else:
+            self.partial += 1
+        self._sent, self._newest_final, self._hops = sent, newest, 0
+        return sent
+
+    def upcoming(self, end: float) -> Optional[str]:
+        """The new text the next estimate at about `end` will fuse, if it changes: worth encoding ahead."""
+        (text, _), _, cause = self._next(end)
+        return text if cause in ("final", "partial") and text else None
 
     def counts(self) -> dict:
         return {"final": self.final, "partial": self.partial, "held": self.held}
@@ -94,8 +110,12 @@ class StreamSession:
         if self.has_audio:
             transcriber = StreamingTranscriber(runtime.whisper, self.timing.asr_config(), decoder=runtime.pass_decoder())
             self.audio = AudioBranch(name, transcriber, self.timing.audio_queue(), self.transcript, runtime.asr_executor,
-                                     self.stats, self.progress, emit, catch_up=self.timing.catch_up_audio)
+                                     self.stats, self.progress, emit, catch_up=self.timing.catch_up_audio,
+                                     on_change=self._on_transcript if self.live else None)
         self.text = TextSchedule(self.transcript, cfg.engine.partial_text_every)
+        self._text_ahead: Optional[asyncio.Task] = None  # at most one per stream
+        self._fused_text: Optional[tuple[str, int]] = None  # the text the last estimate fused
+        self.text_deferred = 0  # live estimates that fused the previous text while the new one encoded
         self._clock = 0.0  # newest media time pushed
         self.started = time.perf_counter()
         self.input_ended = False
@@ -175,7 +195,7 @@ class StreamSession:
     # ------------------------------------------------------------------ estimates
     async def estimate(self, end: float) -> None:
         snap = self.frames.snapshot(end)
-        text, n_words = self.text.at(end)
+        text, n_words = self._ready_text(*self.text.at(end))
         window = WindowInput(snap.features, snap.ages, text, n_words)
         tick = time.perf_counter()
         if self.faces is None:
@@ -199,6 +219,29 @@ class StreamSession:
         self.last_estimate = event
         self.emit_event(event)
 
+    def _on_transcript(self) -> None:
+        """Live: the transcript changed; encode the text the next estimate will fuse now, so that
+        its CLIP text pass is done before the estimate needs it."""
+        text = self.text.upcoming(self._clock)
+        if text is not None:
+            self._encode_ahead(text)
+
+    def _encode_ahead(self, text: str) -> None:
+        if self._text_ahead is not None and not self._text_ahead.done():
+            return  # one at a time per stream; the next change or estimate asks again
+        self._text_ahead = asyncio.ensure_future(self.rt.engine.prepare_text(text, self.cfg.window.max_text_tokens))
+
+    def _ready_text(self, text: str, n_words: int) -> tuple[str, int]:
+        """Live: the newest window text if it is encoded, else the text the last estimate fused
+        while the new one is encoded: a CLIP text pass is never on the frame -> estimate path, and
+        the text is at most a pass behind. Files always fuse the newest text."""
+        if not self.live or self._fused_text is None or self.rt.engine.has_text(text, self.cfg.window.max_text_tokens):
+            self._fused_text = (text, n_words)
+            return text, n_words
+        self._encode_ahead(text)
+        self.text_deferred += 1
+        return self._fused_text
+
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> dict:
         """Runs until the input ended and everything queued is processed; returns the summary."""
@@ -215,6 +258,8 @@ class StreamSession:
                     branch.queue.abort()
             raise
         finally:
+            if self._text_ahead is not None:
+                self._text_ahead.cancel()
             for task in (*tasks, clock):
                 task.cancel()
             await asyncio.gather(*tasks, clock, return_exceptions=True)
@@ -235,7 +280,7 @@ class StreamSession:
             audio_chunks_dropped=a.queue.dropped if a else 0,
             audio_seconds=round(a.audio_seconds, 3) if a else 0.0, media_seconds=round(self._clock, 3),
             wall_seconds=round(wall, 3), realtime_factor=round(self._clock / wall, 3) if wall > 0 else None,
-            estimates=self.estimates, transcripts=a.transcripts if a else 0, text_updates=self.text.counts(),
+            estimates=self.estimates, transcripts=a.transcripts if a else 0, text_updates={**self.text.counts(), "deferred": self.text_deferred},
             latency=self.stats.summary(),
             asr=a.transcriber.stats() if a else None,
         )

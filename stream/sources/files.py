@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 import av
 
 from models.errors import UserError, one_line
-from models.media import DamagedPackets, decode_packets, decode_sampled, media_t0
+from models.media import DamagedPackets, UndecodedPackets, decode_packets, decode_sampled, media_t0
 
 from .audio import SAMPLE_RATE, AudioResampler
 from .base import AudioChunk, MediaItem, MediaSource, SourceInfo, VideoFrame
@@ -80,6 +80,7 @@ class AvSource(MediaSource):
         self._t0: Optional[float] = None
         self.paced_seconds = 0.0  # wall time slept to pace a file (--realtime): not decode work
         self.damaged = DamagedPackets()  # packets skipped: a file with any fails at its end; live goes on
+        self.undecoded = UndecodedPackets()  # video packets no kept frame needed (sampled files)
 
     # -- open -----------------------------------------------------------------------------------
     def _open(self) -> SourceInfo:
@@ -240,7 +241,13 @@ class AvSource(MediaSource):
             return policy.keep(0.0 if t is None else t)
 
         others = [s for s in streams if s is not self._video]
-        yield from decode_sampled(self._container, self._video, *others, keep=keep, damaged=damaged)
+        yield from decode_sampled(self._container, self._video, *others, keep=keep, damaged=damaged,
+                                  undecoded=self.undecoded)
+
+    @property
+    def frames_undecoded(self) -> int:
+        """Video frames never decoded: after a GOP's last kept frame (never part of `frames`)."""
+        return self.undecoded.count
 
     def _check_complete(self, last_t: float) -> None:
         # A file cut short (interrupted download/recording) often just ends without a decode error:
