@@ -163,6 +163,10 @@ class FacesConfig(Section):
     enabled: bool = True
     max: int = Field(4, ge=1, le=32)  # faces embedded per frame, largest first
     min_size_px: int = Field(40, ge=16, le=1024)  # smaller faces (in source pixels) are ignored
+    # Frames larger than this (longer side, px) are scanned for faces scaled down to it (0: full size):
+    # 720p in ~0.6x the time. The cascade finds faces reliably from ~40 px at the scan scale (~64 px
+    # in 720p, ~96 px in 1080p; at 640 it missed 68 px faces in 720p): see docs/benchmarks.md.
+    detect_max_side: int = Field(800, ge=0, le=16384)
     margin: float = Field(0.25, ge=0, le=1)  # crop = bbox grown by this fraction of its size on each side
     blur_in_overlay: bool = False  # privacy: blur every tracked face in written overlays
     # Sampled frames a face may go undetected and keep its id (the tracker's lost-track buffer).

@@ -192,3 +192,25 @@ async def test_faces_max_keeps_the_largest(tiny_model, tiny_cfg):
         assert gauge() == 0
     finally:
         await engine.close()
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix, iy = max(0.0, min(ax + aw, bx + bw) - max(ax, bx)), max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return ix * iy / (aw * ah + bw * bh - ix * iy)
+
+
+def test_large_frames_are_scanned_scaled_down_with_boxes_in_source_pixels():
+    """A 1280x720 frame (the gallery at 1.5x, faces ~68 px) scanned at 800 px finds the same faces as
+    the full-size scan, boxes in the frame's own pixels."""
+    from stream.faces.detector import HaarFaceDetector
+
+    frame = np.full((720, 1280, 3), 80, np.uint8)
+    frame[:, 160:1120] = cv2.resize(gallery_frame(4.5, SECONDS), (960, 720), interpolation=cv2.INTER_LINEAR)
+    full = HaarFaceDetector(40).detect(frame)
+    scaled = HaarFaceDetector(40, max_side=800).detect(frame)
+    assert len(full) == len(scaled) == 3  # still, moving and middle tiles (t = 4.5 s of 9)
+    for a in full:
+        assert max(_iou(a, b) for b in scaled) >= 0.7, (a, scaled)
+    assert 60 < scaled[:, 2].min() and scaled[:, 2].max() < 80  # source pixels, not the scan's (~43 px)

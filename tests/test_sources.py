@@ -272,6 +272,15 @@ def test_frame_policy_converts_only_kept_frames_straight_to_model_size(media, ki
     assert all(v.full is v.display for v in shown)
     for a, b in zip([v for v in video if v.keep], [v for v in shown if v.keep]):
         assert np.array_equal(a.image, b.image)
+    # Faces on: kept frames also full size (`detail`) for detection and crops, skipped ones nothing.
+    detailed, _ = drain(str(media[kind]), FramePolicy(FrameSampler(2.0), (64, 64), detail=True))
+    assert [v.t for v in detailed] == [v.t for v in video]
+    for v in detailed:
+        assert v.display is None
+        if v.keep:
+            assert v.image.shape == (64, 85, 3) and v.detail.shape == (120, 160, 3) and v.source_pixels is v.detail
+        else:
+            assert v.image is None and v.detail is None
 
 
 def test_a_file_with_b_frames_decodes_every_frame(tmp_path):

@@ -55,7 +55,7 @@ class FaceAnalyzer:
         self.window_seconds = window_seconds
         self.max_frames = max_frames
         self.stats = stats
-        self.detector = detector or HaarFaceDetector(cfg.min_size_px)
+        self.detector = detector or HaarFaceDetector(cfg.min_size_px, max_side=cfg.detect_max_side)
         self.tracker = tracker or FaceTracker(cfg.keep_lost_frames)
         self._faces: dict[int, _Face] = {}
         # (media t, tracks in that frame), in frame order; bounded like a FrameWindow's entries.
@@ -69,7 +69,7 @@ class FaceAnalyzer:
         out = []
         for f in frames:
             started = time.perf_counter()
-            boxes = self.detector.detect(f.image)[: self.cfg.max]
+            boxes = self.detector.detect(f.source_pixels)[: self.cfg.max]
             self.stats.add("face_detect", time.perf_counter() - started)
             self.detections += len(boxes)
             out.append(self.tracker.update(boxes))
@@ -84,10 +84,11 @@ class FaceAnalyzer:
         jobs: list[Awaitable[None]] = []
         for f, in_frame in zip(frames, tracks):
             self._timeline.append((f.t, in_frame))
-            h, w = f.image.shape[:2]
+            pixels = f.source_pixels
+            h, w = pixels.shape[:2]
             for tid, box in in_frame:
                 x0, y0, x1, y1 = crop_box(box, self.cfg.margin, w, h)
-                jobs.append(self._encode(tid, f, np.ascontiguousarray(f.image[y0:y1, x0:x1])))
+                jobs.append(self._encode(tid, f, np.ascontiguousarray(pixels[y0:y1, x0:x1])))
         self._forget(frames[-1].t)
         self._set_gauge(len(tracks[-1]))
         return jobs

@@ -125,10 +125,10 @@ class StreamSession:
     def frame_policy(self, display: bool = False) -> FramePolicy:
         """How this stream's source should decode: sample with this stream's sampler and convert
         only kept frames, straight to the CLIP input size; `display`: every frame full size too.
-        With faces on, kept frames stay full size: the detector needs the pixels and its boxes are
-        reported in source pixels (the backbone then resizes the whole frame itself)."""
-        size = None if self.faces is not None else self.rt.engine.image_size
-        return FramePolicy(self.sampler, size, display=display, interpolation=self.rt.engine.image_interpolation.upper())
+        With faces on, kept frames also come full size (`detail`): the detector and the crops need
+        the pixels, and boxes are reported in source pixels."""
+        return FramePolicy(self.sampler, self.rt.engine.image_size, display=display,
+                           interpolation=self.rt.engine.image_interpolation.upper(), detail=self.faces is not None)
 
     # ------------------------------------------------------------------ what the clock reads
     @property

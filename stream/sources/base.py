@@ -28,10 +28,19 @@ class VideoFrame:
     # Decided by the source's FramePolicy (True: sampled for analysis); None: the stream's sampler decides.
     keep: Optional[bool] = None
     display: Optional[np.ndarray] = None  # full-size RGB, when the policy asks for it (overlays)
+    detail: Optional[np.ndarray] = None  # full-size RGB of a kept frame, when the policy asks (faces)
 
     @property
     def full(self) -> Optional[np.ndarray]:
         """The frame at its own size for drawing on: `display`, else `image` (full size without a policy)."""
+        return self.display if self.display is not None else self.image
+
+    @property
+    def source_pixels(self) -> Optional[np.ndarray]:
+        """A kept frame at its own size (face detection and crops, boxes in source pixels):
+        `detail`, else `display`, else `image` (full size without a policy)."""
+        if self.detail is not None:
+            return self.detail
         return self.display if self.display is not None else self.image
 
 

@@ -81,12 +81,13 @@ class CameraSource(MediaSource):
             # OpenCV hands BGR at full size: convert (and shrink) only what the sampler keeps.
             keep = policy.keep(t)
             display = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if policy.display else None
-            image = None
+            image = detail = None
             if keep:
                 rgb = display if display is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 image = rgb if policy.size is None else cv2.resize(
                     rgb, cover_size(rgb.shape[1], rgb.shape[0], policy.size), interpolation=cv2.INTER_AREA)
-            yield VideoFrame(t=t, image=image, wall=now, keep=keep, display=display)
+                detail = rgb if policy.detail else None
+            yield VideoFrame(t=t, image=image, wall=now, keep=keep, display=display, detail=detail)
 
     def _release(self) -> None:
         if self._cap is not None:

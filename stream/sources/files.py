@@ -185,14 +185,14 @@ class AvSource(MediaSource):
                     t = self._rel(frame.time)
                     t = last_t if t is None else t
                     if policy is None:
-                        keep, image, display = None, frame.to_ndarray(format="rgb24"), None
+                        keep, image, display, detail = None, frame.to_ndarray(format="rgb24"), None, None
                     else:  # skipped frames stay YUV: only their time is passed on
                         keep = decided if decided is not None else policy.keep(t)
-                        image, display = policy.pixels(frame, keep)
+                        image, display, detail = policy.pixels(frame, keep)
                     if not pace(t):
                         return
                     last_t = max(last_t, t)
-                    yield VideoFrame(t=t, image=image, wall=time.perf_counter(), keep=keep, display=display)
+                    yield VideoFrame(t=t, image=image, wall=time.perf_counter(), keep=keep, display=display, detail=detail)
                 else:
                     assert resampler is not None
                     t_in = self._rel(frame.time)

@@ -10,7 +10,7 @@ Full-size RGB is made only where something shows every frame (`display`: a live 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -30,29 +30,42 @@ def cover_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, i
     return max(tw, round(width * scale)), max(th, round(height * scale))
 
 
+class Pixels(NamedTuple):
+    """What a source makes of one frame under a policy."""
+
+    image: Optional[np.ndarray]  # for CLIP, if kept
+    display: Optional[np.ndarray]  # full size, every frame, if the policy has `display`
+    detail: Optional[np.ndarray]  # full size, if kept and the policy has `detail`
+
+
 @dataclass(frozen=True)
 class FramePolicy:
     """The stream's frame sampler (shared with its VideoBranch, which may lower its rate), the CLIP
-    input size (h, w) (None: keep frames full size) and whether every frame is also needed full
-    size (`display`)."""
+    input size (h, w) (None: keep frames full size), whether every frame is also needed full size
+    (`display`) and whether kept frames are (`detail`: per-face crops and detection)."""
 
     sampler: FrameSampler
     size: Optional[tuple[int, int]] = None
     display: bool = False
     interpolation: str = INTERPOLATION
+    detail: bool = False
 
     def keep(self, t: float) -> bool:
         return self.sampler.keep(t)
 
-    def pixels(self, frame: Any, keep: bool) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-        """(image for CLIP if kept, full-size RGB if `display`) of one `av.VideoFrame`."""
+    def pixels(self, frame: Any, keep: bool) -> Pixels:
+        """The images of one `av.VideoFrame` the policy asks for."""
         display = frame.to_ndarray(format="rgb24") if self.display else None
         if not keep:
-            return None, display
+            return Pixels(None, display, None)
+        full = display
+        if full is None and (self.detail or self.size is None):
+            full = frame.to_ndarray(format="rgb24")
+        detail = full if self.detail else None
         if self.size is None:
-            return (display if display is not None else frame.to_ndarray(format="rgb24")), display
+            return Pixels(full, display, detail)
         w, h = cover_size(frame.width, frame.height, self.size)
-        if (w, h) == (frame.width, frame.height) and display is not None:
-            return display, display
+        if (w, h) == (frame.width, frame.height) and full is not None:
+            return Pixels(full, display, detail)
         small = frame.reformat(width=w, height=h, format="rgb24", interpolation=self.interpolation)
-        return small.to_ndarray(), display
+        return Pixels(small.to_ndarray(), display, detail)

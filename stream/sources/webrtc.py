@@ -115,16 +115,16 @@ async def video_frames(track: MediaStreamTrack, clock: TrackClock, executor: Opt
                 offset = since - media
             t = offset + media
             keep: Optional[bool] = None
-            display = None
+            display = detail = None
             if policy is None:
                 image = await loop.run_in_executor(executor, _to_rgb, frame)
             else:
                 keep = policy.keep(t)
                 image = None
                 if keep or policy.display:
-                    image, display = await loop.run_in_executor(executor, policy.pixels, frame, keep)
+                    image, display, detail = await loop.run_in_executor(executor, policy.pixels, frame, keep)
             FRAMES_IN.inc()
-            yield ReceivedFrame(VideoFrame(t, image, wall, keep, display), frame.pts, frame.time_base, frame)
+            yield ReceivedFrame(VideoFrame(t, image, wall, keep, display, detail), frame.pts, frame.time_base, frame)
     except MediaStreamError:
         return
 
