@@ -154,3 +154,17 @@ async def test_live_estimates_never_wait_for_a_text_pass(runtime):
     files.transcript.add_final([Word(0.5, 0.9, "there")])
     await files.estimate(1.0)
     assert files._fused_text == ("hello there", 2) and files.text_deferred == 0
+
+
+async def test_live_estimates_keep_the_hop_rate_when_the_sampler_is_slowed(runtime, tiny_cfg):
+    """Frames at the configured rate pace live estimates (the timer waits 1.5 hops for a late one);
+    once overload slows the sampler below the hop rate, the timer takes over at one hop."""
+    hop = tiny_cfg.window.hop
+    clock = LiveClock(tiny_cfg)
+    session = StreamSession("r", runtime, lambda e: None, live=True, has_video=True, has_audio=False)
+    session.sampler.set_fps(1.0 / hop)
+    assert session.frame_period == pytest.approx(hop) and clock.timer(session) == pytest.approx(1.5 * hop)
+    session.sampler.set_fps(0.5 / hop)  # what the rate governor does under overload
+    assert clock.timer(session) == pytest.approx(hop)
+    audio_only = StreamSession("a", runtime, lambda e: None, live=True, has_video=False, has_audio=False)
+    assert audio_only.frame_period == float("inf") and clock.timer(audio_only) == pytest.approx(hop)

@@ -36,6 +36,8 @@ class Timeline(Protocol):
     def audio_done(self) -> bool: ...
     @property
     def frames_processed(self) -> int: ...
+    @property
+    def frame_period(self) -> float: ...  # media seconds between sampled frames now (inf: no video)
     async def estimate(self, end: float) -> None: ...
 
 
@@ -87,18 +89,24 @@ class LiveClock:
     def asr_config(self) -> AsrConfig:
         return self.cfg.asr
 
+    def timer(self, s: Timeline) -> float:
+        """Seconds after an estimate that the next one comes without new frame features. Frames
+        sampled at least once a hop pace the estimates, and the timer (1.5 hops: later than the next
+        such frame) only covers a late one. A sampler slowed by overload (or set below the hop rate)
+        leaves the pace to the timer, at one hop: estimates keep the hop rate."""
+        paced_by_frames = not s.video_done and s.frame_period <= self.hop + 1e-9
+        return self.hop * 1.5 if paced_by_frames else self.hop
+
     async def run(self, s: Timeline) -> None:
-        """An estimate as soon as new frame features land (so at most the sampler's fps), else every
-        hop. Never delayed to keep a rhythm: that wait dominated frame_to_estimate."""
+        """An estimate as soon as new frame features land, else after a timer. Never delayed to keep
+        a rhythm: that wait dominated frame_to_estimate."""
         hop = self.hop
         both_done = lambda: s.video_done and s.audio_done  # noqa: E731
         await s.progress.until(lambda: s.clock > 0 or both_done())
         last = time.perf_counter() - hop
         seen = s.frames_processed
         while not both_done():
-            # With video, frames pace the estimates; the timer (1.5 hops: later than the next frame
-            # at the configured rate) keeps ~the hop rate when the sampler was slowed by overload.
-            deadline = last + (hop * 1.5 if not s.video_done else hop)
+            deadline = last + self.timer(s)
             while s.frames_processed == seen and not both_done():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or not await s.progress.next(remaining):

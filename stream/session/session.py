@@ -156,6 +156,13 @@ class StreamSession:
         return self.video.frames_processed if self.video else 0
 
     @property
+    def frame_period(self) -> float:
+        """Media seconds between sampled frames at the sampler's current rate (inf: no video)."""
+        if self.video is None:
+            return float("inf")
+        return self.sampler.period if self.sampler.period > 0 else 0.0
+
+    @property
     def frames_dropped(self) -> int:
         """Live frames lost: pushed out of the queue, or stale (see frames_stale)."""
         return self.video.queue.dropped + self.video.frames_stale if self.video else 0
