@@ -32,13 +32,17 @@ def decode_packets(container: Any, *streams: Any, damaged: DamagedPackets) -> It
     """(stream, frame) in demux order for `streams`; a packet that fails to decode (a cut-off file,
     a lost RTP packet) is skipped and recorded in `damaged`. Demuxer errors propagate."""
     for packet in container.demux(*streams):
-        try:
-            decoded = packet.decode()
-        except (av.FFmpegError, ValueError) as exc:
-            damaged.add(exc)
-            continue
-        for frame in decoded:
+        for frame in _decode(packet, damaged):
             yield packet.stream, frame
+
+
+def _decode(packet: Any, damaged: DamagedPackets) -> list[Any]:
+    """The packet's frames; none if it fails to decode (recorded in `damaged`)."""
+    try:
+        return packet.decode()
+    except (av.FFmpegError, ValueError) as exc:
+        damaged.add(exc)
+        return []
 
 
 # Look-ahead bound of `decode_sampled`, in packets of all its streams: a longer GOP is decoded whole.
@@ -71,12 +75,7 @@ def decode_sampled(container: Any, video: Any, *others: Any, keep: Callable[[flo
     group: list[Any] = []
 
     def decode(packet: Any) -> Iterator[tuple[Any, Any, Optional[bool]]]:
-        try:
-            decoded = packet.decode()
-        except (av.FFmpegError, ValueError) as exc:
-            damaged.add(exc)
-            return
-        for frame in decoded:
+        for frame in _decode(packet, damaged):
             if packet.stream is not video:
                 yield packet.stream, frame, None
             elif frame.pts is not None and frame.pts in decisions:
