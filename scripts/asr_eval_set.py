@@ -11,7 +11,7 @@ not number formatting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -87,6 +87,19 @@ CLIPS: tuple[EvalClip, ...] = (
         "Mister Johnson was angry because nobody answered his emails.",
         "The weather was miserable, but the party was a huge success.")),
 )
+
+
+def revoiced() -> tuple[EvalClip, ...]:
+    """The tuning half's sentences spoken under another tuning clip's conditions (voice, rate, pauses,
+    noise: rotated by three), split "revoiced": a second tuning sample, to see whether a change that
+    helps the tuning half holds for other voices. Never a substitute for the held-back half (same words)."""
+    tuning = [c for c in CLIPS if c.split == "tuning"]
+    out = []
+    for k, clip in enumerate(tuning):
+        other = tuning[(k + 3) % len(tuning)]
+        out.append(replace(clip, name=f"r-{k}-{other.voice}-{other.wpm}", split="revoiced", voice=other.voice,
+                           wpm=other.wpm, pause=other.pause, noise=other.noise))
+    return tuple(out)
 
 
 def render(clip: EvalClip, work: Path) -> np.ndarray:
