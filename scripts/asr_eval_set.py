@@ -11,7 +11,7 @@ not number formatting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -87,6 +87,61 @@ CLIPS: tuple[EvalClip, ...] = (
         "Mister Johnson was angry because nobody answered his emails.",
         "The weather was miserable, but the party was a huge success.")),
 )
+
+
+# A second held-back set (issue 17, third round), written after the first two halves were used: new
+# sentences, the same mix of conditions. Run once per candidate policy, never tuned on.
+FRESH: tuple[EvalClip, ...] = (
+    EvalClip("f-us-170-clean", "fresh", "en-us", 170, 0.7, None, (
+        "My grandmother turned 90 last Sunday and everyone cried with joy.",
+        "The printer jammed again and I lost the whole report.",
+        "Lunch is at 12:30 in the small conference room.")),
+    EvalClip("f-gb-150-long-pauses", "fresh", "en-gb", 150, 1.4, None, (
+        "Thomas forgot his passport at home, which was a complete disaster.",
+        "The museum is free for children under 16.")),
+    EvalClip("f-f3-185-short-pauses-pink20", "fresh", "en+f3", 185, 0.3, ("pinknoise", 20), (
+        "This is the happiest day of my life, thank you all for coming.",
+        "Maria drove 300 kilometres to see the final match.",
+        "Sadly, the shop closed for good after 40 years.")),
+    EvalClip("f-scotland-140-clean", "fresh", "en-gb-scotland", 140, 0.9, None, (
+        "The soup was cold and the waiter ignored us for an hour.",
+        "We will meet David at the station at quarter past eight.")),
+    EvalClip("f-m2-200-brown20", "fresh", "en-us+m2", 200, 0.5, ("brownnoise", 20), (
+        "I cannot believe how generous our neighbours have been this winter.",
+        "The bus to Seattle was delayed by 45 minutes because of the snow.",
+        "Please send the invoice to Karen before Friday.")),
+    EvalClip("f-caribbean-160-pink10", "fresh", "en-029", 160, 0.6, ("pinknoise", 10), (
+        "The new phone is fast, light and beautifully made.",
+        "Our landlord raised the rent again, which is outrageous.")),
+    EvalClip("f-f4-135-monologue-clean", "fresh", "en-us+f4", 135, None, None, (
+        "Kevin won the chess tournament in the last round.",
+        "The doctor said my results look excellent.",
+        "I am tired of all these pointless meetings.")),
+    EvalClip("f-rp-175-brown10", "fresh", "en-gb-x-rp", 175, 0.8, ("brownnoise", 10), (
+        "The garden party was lovely, and the weather was perfect.",
+        "Flight 207 to Madrid has been cancelled.",
+        "Laura was upset that nobody remembered her birthday.")),
+    EvalClip("f-m3-145-short-pauses", "fresh", "en+m3", 145, 0.3, None, (
+        "The concert starts at 7 and the tickets cost 25 dollars.",
+        "I am really proud of how hard the team worked this year.")),
+    EvalClip("f-f5-190-monologue-pink20", "fresh", "en+f5", 190, None, ("pinknoise", 20), (
+        "What a terrible mistake, the whole shipment went to the wrong city.",
+        "Anna and Peter finally bought a house near the lake.",
+        "The library opens at 9 on weekdays.")),
+)
+
+
+def revoiced() -> tuple[EvalClip, ...]:
+    """The tuning half's sentences spoken under another tuning clip's conditions (voice, rate, pauses,
+    noise: rotated by three), split "revoiced": a second tuning sample, to see whether a change that
+    helps the tuning half holds for other voices. Never a substitute for the held-back half (same words)."""
+    tuning = [c for c in CLIPS if c.split == "tuning"]
+    out = []
+    for k, clip in enumerate(tuning):
+        other = tuning[(k + 3) % len(tuning)]
+        out.append(replace(clip, name=f"r-{k}-{other.voice}-{other.wpm}", split="revoiced", voice=other.voice,
+                           wpm=other.wpm, pause=other.pause, noise=other.noise))
+    return tuple(out)
 
 
 def render(clip: EvalClip, work: Path) -> np.ndarray:

@@ -8,7 +8,10 @@ patterns, because one clip's WER swings by +-0.05 with where passes happen to fa
     python scripts/asr_replay.py --json out.json --set asr.chunk_seconds=0.5 [--set ...]
 
 `--clips eval` (default) is the 14-clip set of `asr_eval_set.py` (tuning and held-back halves,
-voices, rates, numbers, pauses, noise); `--clips legacy` the 4 clips the defaults were tuned on.
+voices, rates, numbers, pauses, noise); `--clips revoiced` the tuning half's sentences in the other
+tuning clips' voices and conditions (split "revoiced"; a second tuning sample); `--clips fresh` a
+second held-back set (10 clips, new sentences, split "fresh"); `--clips legacy` the 4 clips the
+defaults were tuned on.
 Modes: live (the virtual clock above, `asr.chunk_seconds`), file (the same transcriber with
 `asr.file_chunk_seconds`, as `sentistream run` on a file) and offline (faster-whisper's
 `transcribe` on the whole clip, beam 5: the ceiling). Each `--variant NAME:KEY=VALUE,KEY=VALUE`
@@ -55,10 +58,11 @@ def make_legacy_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
     return clips
 
 
-def make_eval_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
-    from asr_eval_set import CLIPS, render
+def make_eval_clips(work: Path, which: str = "eval") -> dict[str, tuple[np.ndarray, str, str]]:
+    from asr_eval_set import CLIPS, FRESH, render, revoiced
 
-    return {c.name: (render(c, work / "eval"), c.reference, c.split) for c in CLIPS}
+    clips = {"eval": CLIPS, "revoiced": revoiced(), "fresh": FRESH}[which]
+    return {c.name: (render(c, work / which), c.reference, c.split) for c in clips}
 
 
 def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter,
@@ -169,8 +173,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a configuration to compare (default: the config alone)")
     p.add_argument("--work-dir", default="/tmp/sentistream-asr-replay", help="generated clips are kept here")
-    p.add_argument("--clips", choices=("eval", "legacy"), default="eval",
-                   help="eval: the 14-clip set with tuning/held-back halves; legacy: the 4 tuned-on clips")
+    p.add_argument("--clips", choices=("eval", "revoiced", "fresh", "legacy"), default="eval",
+                   help="eval: the 14-clip set with tuning/held-back halves; revoiced: the tuning half's sentences "
+                        "in other voices and conditions (a second tuning sample); fresh: a second held-back set "
+                        "(10 clips, new sentences); legacy: the 4 tuned-on clips")
     p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="eval clips to run")
     p.add_argument("--modes", default="live,file,offline", help="comma list of live, file, offline")
     p.add_argument("--clock", default="wall", metavar="wall|cpu|SECONDS",
@@ -195,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    clips = make_eval_clips(work) if args.clips == "eval" else make_legacy_clips(work)
+    clips = make_legacy_clips(work) if args.clips == "legacy" else make_eval_clips(work, args.clips)
     clips = {k: v for k, v in clips.items() if args.split in ("all", v[2])}
     modes = [m for m in args.modes.split(",") if m]
     variants = [v.partition(":") for v in args.variant] or [("default", ":", "")]

@@ -6,6 +6,7 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import av
 import numpy as np
@@ -191,12 +192,85 @@ def test_commit_beam_decodes_in_its_own_group(whisper, speech_clip, clip_audio, 
     buffers = [clip_audio[int((s - 0.3) * SAMPLE_RATE):int((e + 0.3) * SAMPLE_RATE)] for _, s, e in speech_clip[1][:3]]
     groups: list[tuple[int, int]] = []
     decode = window._decode
-    monkeypatch.setattr(window, "_decode", lambda audios, prev, contents, beam:
-                        groups.append((len(audios), beam)) or decode(audios, prev, contents, beam))
+    monkeypatch.setattr(window, "_decode", lambda audios, prev, contents, beam, forced:
+                        groups.append((len(audios), beam)) or decode(audios, prev, contents, beam, forced))
     batch = window.transcribe_batch(buffers, [None] * 3, [None, 5, None])
     assert sorted(groups) == [(1, 5), (2, 1)], groups
     for (sentence, _, _), got in zip(speech_clip[1][:3], batch):
         assert wer(sentence, " ".join(w.word for w in got[0].words)) <= 0.25, got
+
+
+def test_a_forced_prefix_returns_only_the_words_after_it(whisper, speech_clip, clip_audio):
+    # asr.context_seconds: the window holds audio whose words are already final; forced as the
+    # decoder's prefix, they are aligned with the rest but not returned, and the rest is timed after them.
+    sentence, start, end = speech_clip[1][1]
+    audio = clip_audio[int((start - 0.3) * SAMPLE_RATE):int((end + 0.3) * SAMPLE_RATE)]
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    plain = window.transcribe(audio, prompt=None)[0].words
+    prefix = "".join(w.word for w in plain[:4])
+    forced = window.transcribe(audio, prompt=None, prefix=prefix)[0].words
+    rest = " ".join(w.word for w in forced)
+    assert wer(" ".join(sentence.split()[4:]), rest) <= 0.25, (prefix, rest)
+    assert normalize(forced[0].word) != normalize(plain[0].word)  # the prefix is not repeated
+    assert forced[0].start >= plain[3].end - 0.3, (plain[:5], forced[:2])
+    # With a beam as well (the commit decode at a pause or the age bound).
+    beam = window.transcribe(audio, prompt=None, beam_size=5, prefix=prefix)[0].words
+    assert normalize(beam[0].word) == normalize(forced[0].word) and len(beam) >= len(sentence.split()) - 6, beam
+
+
+def test_streams_with_different_prefixes_share_one_batch(whisper, speech_clip, clip_audio, monkeypatch):
+    # CTranslate2 needs the start-of-transcript token at one position in a batch (equally long
+    # prompts); forced prefixes come after it, so streams with different prefixes decode together.
+    window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
+    history = " ".join(["a big red dog ran to me."] * 30)
+    _, start, end = speech_clip[1][0]
+    audio = clip_audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
+    groups: list[int] = []
+    decode = window._decode
+    monkeypatch.setattr(window, "_decode", lambda audios, *rest: groups.append(len(audios)) or decode(audios, *rest))
+    batch = window.transcribe_batch([audio, audio, audio], [history, history, None], [None] * 3,
+                                    ["The weather", "The weather is lovely today", None])
+    assert sorted(groups) == [1, 2], groups  # the two with histories together, the fresh stream apart
+    assert all(got and got[0].words for got in batch)
+    assert normalize(batch[0][0].words[0].word) == "is" and normalize(batch[1][0].words[0].word) != "the"
+
+
+class Recording:
+    """A pass decoder that records what each pass was given and hears nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, Optional[str], Optional[str]]] = []
+
+    def transcribe(self, audio, prompt, beam_size=None, prefix=None):
+        self.calls.append((audio.size / SAMPLE_RATE, prompt, prefix))
+        return []
+
+
+def test_passes_decode_committed_audio_before_the_buffer_with_its_words_forced():
+    cfg = AsrConfig(vad=False, context_seconds=3.0, max_word_age_seconds=None)
+    decoder = Recording()
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=decoder)
+    tr.feed(np.full(8 * SAMPLE_RATE, 0.1, np.float32))
+    tr._drain()
+    words = [Word(0.5 * i, 0.5 * i + 0.4, f"w{i}") for i in range(12)]  # 0.0 - 5.9 s
+    tr._commit(words)
+    tr._trim_to(5 * SAMPLE_RATE)  # a sentence end at 5 s: 5 s of audio leave the buffer
+    assert tr._history.size == 3 * SAMPLE_RATE  # the history is bounded by asr.context_seconds
+    tr._transcribe(tr._buf)
+    seconds, prompt, prefix = decoder.calls[-1]
+    # The window starts at the first committed word within 3 s before the buffer (w4 at 2.0 s):
+    # its words and the committed ones inside the buffer are the prefix, older ones the prompt.
+    assert prefix == " ".join(f"w{i}" for i in range(4, 12)) and prompt == "w0 w1 w2 w3"
+    assert seconds == pytest.approx(3.0 + 3.0)
+    # Without context: the buffer alone, committed words that left it as the prompt.
+    plain = StreamingTranscriber(ScriptedModel(), cfg.model_copy(update={"context_seconds": None}), decoder=decoder)
+    plain.feed(np.full(8 * SAMPLE_RATE, 0.1, np.float32))
+    plain._drain()
+    plain._commit(words)
+    plain._trim_to(5 * SAMPLE_RATE)
+    plain._transcribe(plain._buf)
+    assert decoder.calls[-1] == (3.0, "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9", None)
+    assert plain._history.size == 0
 
 
 def test_a_pass_that_skipped_speech_is_decoded_again_without_the_prompt():

@@ -20,7 +20,7 @@ from .pass_decoder import Decoded, PassDecoder, ShortPassDecoder
 
 _PASS_TIMEOUT_S = 300.0  # a pass never legitimately waits this long: fail loudly, don't hang a thread
 
-Request = tuple[np.ndarray, Optional[str], Optional[int]]
+Request = tuple[np.ndarray, Optional[str], Optional[int], Optional[str]]
 
 
 class WhisperBatcher:
@@ -33,8 +33,8 @@ class WhisperBatcher:
             "asr_batch", self._run, self._executor, cfg.batch, cfg.batch_wait_ms, stats)
 
     def _run(self, requests: list[Request]) -> list[list[Decoded]]:
-        return self._decoder.transcribe_batch([a for a, _, _ in requests], [p for _, p, _ in requests],
-                                              [b for _, _, b in requests])
+        return self._decoder.transcribe_batch([r[0] for r in requests], [r[1] for r in requests],
+                                              [r[2] for r in requests], [r[3] for r in requests])
 
     def for_stream(self, loop: asyncio.AbstractEventLoop) -> "BatchedPassDecoder":
         return BatchedPassDecoder(self.batcher, loop)
@@ -45,14 +45,15 @@ class WhisperBatcher:
 
 
 class BatchedPassDecoder(PassDecoder):
-    """`transcribe(audio, prompt, beam_size)` for a transcriber in a worker thread: joins the next batch."""
+    """`transcribe(audio, prompt, beam_size, prefix)` for a transcriber in a worker thread: joins the next batch."""
 
     def __init__(self, batcher: MicroBatcher[Request, list[Decoded]], loop: asyncio.AbstractEventLoop) -> None:
         self._batcher = batcher
         self._loop = loop
 
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None) -> list[Decoded]:
-        future = asyncio.run_coroutine_threadsafe(self._batcher.submit((audio, prompt, beam_size)), self._loop)
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None,
+                   prefix: Optional[str] = None) -> list[Decoded]:
+        future = asyncio.run_coroutine_threadsafe(self._batcher.submit((audio, prompt, beam_size, prefix)), self._loop)
         try:
             return future.result(timeout=_PASS_TIMEOUT_S)
         except concurrent.futures.TimeoutError:

@@ -68,11 +68,25 @@ def _drop_restart(tokens: list[int], n: int = 4) -> list[int]:
     return tokens
 
 
+def _after_prefix(alignment: list[dict], n_tokens: int) -> list[dict]:
+    """The aligned words after the first `n_tokens` tokens (a forced prefix); a word that straddles
+    the boundary (a new token continuing the prefix's last word) goes with the prefix."""
+    if not n_tokens:
+        return alignment
+    seen = 0
+    for k, word in enumerate(alignment):
+        if seen >= n_tokens:
+            return alignment[k:]
+        seen += len(word["tokens"])
+    return []
+
+
 class PassDecoder(Protocol):
     """What a transcriber decodes one pass with: a ShortPassDecoder, or a BatchedPassDecoder that
     joins other streams' passes."""
 
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None) -> list[Decoded]: ...
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None,
+                   prefix: Optional[str] = None) -> list[Decoded]: ...
 
 
 class ShortPassDecoder:
@@ -92,20 +106,25 @@ class ShortPassDecoder:
                                     language=language if multilingual else "en")
         self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]))
 
-    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None) -> list[Decoded]:
+    def transcribe(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int] = None,
+                   prefix: Optional[str] = None) -> list[Decoded]:
         """`audio` (float32 16 kHz, <= 30 s) -> at most one Decoded; `prompt` conditions the decoder;
-        `beam_size` overrides the decoder's for this pass (a commit at a pause can afford a beam)."""
-        return self.transcribe_batch([audio], [prompt], [beam_size])[0]
+        `beam_size` overrides the decoder's for this pass (a commit at a pause can afford a beam);
+        `prefix`: text already known to be said at the start of `audio`, forced as the decoder's
+        first tokens (the result holds only the words after it)."""
+        return self.transcribe_batch([audio], [prompt], [beam_size], [prefix])[0]
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], prompts: Sequence[Optional[str]],
-                         beam_sizes: Optional[Sequence[Optional[int]]] = None) -> list[list[Decoded]]:
+                         beam_sizes: Optional[Sequence[Optional[int]]] = None,
+                         prefixes: Optional[Sequence[Optional[str]]] = None) -> list[list[Decoded]]:
         """Several buffers (of several streams) in one encode, one decode and one alignment, each
-        padded with silence to the longest one's window. CTranslate2 needs the decoder prompts of a
-        batch to be equally long and one beam size, so prompts keep their last `_PROMPT_TOKENS`
-        tokens and buffers with shorter ones (a stream's first sentences) or another beam size are
-        decoded in a group of their own."""
+        padded with silence to the longest one's window. CTranslate2 needs the prompts before the
+        start-of-transcript token to be equally long and one beam size per batch, so prompts keep their
+        last `_PROMPT_TOKENS` tokens and buffers with shorter ones (a stream's first sentences) or another
+        beam size are decoded in a group of their own; prefixes (after that token) may differ in length."""
         tokenizer = self._tokenizer
         beams = [b or self._beam_size for b in (beam_sizes or [None] * len(audios))]
+        forced = [tokenizer.encode(" " + p.strip()) if p else [] for p in (prefixes or [None] * len(audios))]
         previous = [tokenizer.encode(" " + p.strip())[-_PROMPT_TOKENS:] if p else [] for p in prompts]
         contents = [min(int(a.size // _HOP), MAX_FRAMES) for a in audios]
         out: list[list[Decoded]] = [[] for _ in audios]
@@ -115,19 +134,19 @@ class ShortPassDecoder:
                 groups.setdefault((len(previous[i]), beams[i]), []).append(i)
         for (_, beam), members in groups.items():
             decoded = self._decode([audios[i] for i in members], [previous[i] for i in members],
-                                   [contents[i] for i in members], beam)
+                                   [contents[i] for i in members], beam, [forced[i] for i in members])
             for i, result in zip(members, decoded):
                 out[i] = result
         return out
 
     def _decode(self, audios: list[np.ndarray], previous: list[list[int]], contents: list[int],
-                beam_size: int) -> list[list[Decoded]]:
+                beam_size: int, forced: list[list[int]]) -> list[list[Decoded]]:
         from faster_whisper.transcribe import merge_punctuations
 
         model, tokenizer = self._model, self._tokenizer
         frames = max(encoder_frames(c, self._pad) for c in contents)
         encoded = model.encode(np.stack([self._features(a, frames) for a in audios]))
-        starts = [model.get_prompt(tokenizer, prev, without_timestamps=True) for prev in previous]
+        starts = [model.get_prompt(tokenizer, prev, without_timestamps=True) + f for prev, f in zip(previous, forced)]
         budgets = [_MIN_NEW_TOKENS + int(_TOKENS_PER_SECOND * c / FRAMES_PER_SECOND) for c in contents]
         results: Any = model.model.generate(
             encoded, starts,
@@ -138,14 +157,17 @@ class ShortPassDecoder:
             suppress_blank=True,
             suppress_tokens=self._suppress,
         )
-        tokens = [_drop_restart([t for t in r.sequences_ids[0] if t < tokenizer.eot][:budget])
-                  for r, budget in zip(results, budgets)]
-        alignments = model.find_alignment(tokenizer, tokens, encoded, contents)
+        # CTranslate2 returns the forced prefix at the head of each sequence: keep what follows it.
+        tokens = [_drop_restart([t for t in r.sequences_ids[0][len(f):] if t < tokenizer.eot][:budget])
+                  for r, budget, f in zip(results, budgets, forced)]
+        # The forced prefix is aligned with the new tokens (its audio is in the window), then dropped.
+        alignments = model.find_alignment(tokenizer, [f + t for f, t in zip(forced, tokens)], encoded, contents)
         out: list[list[Decoded]] = []
-        for toks, result, alignment in zip(tokens, results, alignments):
+        for toks, result, alignment, f in zip(tokens, results, alignments, forced):
             if not toks or compression_ratio(tokenizer.decode(toks)) > _MAX_COMPRESSION:
                 out.append([])  # nothing, or a repetition loop
                 continue
+            alignment = _after_prefix(alignment, len(f))
             merge_punctuations(alignment, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
             words = [DecodedWord(round(a["start"], 2), round(a["end"], 2), a["word"], a["probability"])
                      for a in alignment if a["word"]]

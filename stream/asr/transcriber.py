@@ -120,6 +120,7 @@ class StreamingTranscriber:
         self._fed = 0  # samples fed so far (media clock)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # sample index of _buf[0]
+        self._history = np.zeros(0, dtype=np.float32)  # audio just before _buf (asr.context_seconds of it)
         self._last_pass = 0  # buffer end (samples) at the last pass decision
         self._processed = 0
         self._committed: list[Word] = []  # recent committed words (prompt, de-duplication, trimming)
@@ -280,27 +281,53 @@ class StreamingTranscriber:
         return updates
 
     def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None) -> list[Word]:
-        offset = self._time(self._buf_start)
-        prompt = self._prompt() or None
-        words = self._decode_words(audio, prompt, beam_size)
+        """Words of one pass over `audio` (the buffer's first samples), in media time."""
+        audio, offset, prompt, prefix = self._window(audio)
+        words = self._decode_words(audio, prompt, beam_size, prefix)
         # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
         # sentence and the alignment stretches a word over the skipped audio. Decode once more
         # without the prompt and keep whichever leaves less speech uncovered.
         skip = self._cfg.retry_skipped_seconds
-        if skip is not None and words and _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) > skip:
-            again = self._decode_words(audio, None, beam_size)
+        heard = max(0.0, self._last_end - offset)
+        if skip is not None and words and _uncovered(words, heard, audio.size / SAMPLE_RATE) > skip:
+            again = self._decode_words(audio, None, beam_size, prefix)
             self.retries += 1
-            if again and _uncovered(again, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE) < \
-                    _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE):
+            if again and _uncovered(again, heard, audio.size / SAMPLE_RATE) < _uncovered(words, heard, audio.size / SAMPLE_RATE):
                 words = again
-        return [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" "), w.probability)
-                for w in words]
+        out = [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" "), w.probability)
+               for w in words]
+        if prefix:  # every word after a forced prefix is new, wherever the alignment put its start
+            out = [replace(w, start=max(w.start, self._last_end), end=max(w.end, self._last_end)) for w in out]
+        return out
 
-    def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int]) -> list[DecodedWord]:
+    def _window(self, audio: np.ndarray) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
+        """What one pass decodes: (audio, its start time, prompt, prefix). With asr.context_seconds,
+        the audio starts up to that long before the buffer, at a committed word, and the committed
+        words from there on (before the buffer and in it) are the prefix; the prompt is the committed
+        text before them. The stock 30 s path (no short-window decoder) keeps the prompt only."""
+        start = self._time(self._buf_start)
+        context = self._cfg.context_seconds
+        if context is None or self._decoder is None or not self._committed:
+            return audio, start, self._prompt() or None, None
+        # The window holds at most 29 s (Whisper's is 30 s) and only audio the history still has.
+        earliest = max(start - context, self._time(self._buf_start - self._history.size),
+                       self._time(self._buf_start + audio.size) - 29.0)
+        first = next((k for k, w in enumerate(self._committed) if w.start >= earliest - 1e-6), len(self._committed))
+        forced = self._committed[first:]
+        if not forced:
+            return audio, start, self._prompt() or None, None
+        begin = max(min(self._sample(forced[0].start), self._buf_start), self._buf_start - self._history.size)
+        if begin < self._buf_start:
+            audio = np.concatenate([self._history[self._history.size - (self._buf_start - begin):], audio])
+        return audio, self._time(begin), join_words(self._committed[:first]) or None, join_words(forced)
+
+    def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int],
+                      prefix: Optional[str] = None) -> list[DecodedWord]:
         """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""
         began = time.perf_counter()
         if self._decoder is not None:
-            segments = self._decoder.transcribe(audio, prompt, beam_size) if beam_size else \
+            extra = {"prefix": prefix} if prefix else {}
+            segments = self._decoder.transcribe(audio, prompt, beam_size, **extra) if beam_size or prefix else \
                 self._decoder.transcribe(audio, prompt)
         else:
             segments = self._transcribe_full(audio, prompt, beam_size or self._cfg.beam_size)
@@ -384,6 +411,9 @@ class StreamingTranscriber:
 
     def _trim_to(self, sample: int) -> None:
         cut = min(max(sample - self._buf_start, 0), self._buf.size)
+        if cut and self._cfg.context_seconds is not None:  # kept as the next passes' acoustic context
+            keep = int(self._cfg.context_seconds * SAMPLE_RATE)
+            self._history = np.concatenate([self._history, self._buf[:cut]])[-keep:]
         if cut:
             self._buf = self._buf[cut:]
             self._buf_start += cut
