@@ -59,7 +59,7 @@ class AsrConfig(Section):
     # committed words from there on forced as the decoder's prefix, so the start of a sentence (after
     # a trim or a pause) is not decoded without acoustic context (null: the committed text as a
     # prompt only). Short encoder window only (encoder_pad_seconds set, a fixed language).
-    context_seconds: Optional[float] = Field(3.0, gt=0, le=10)
+    context_seconds: Optional[float] = Field(None, gt=0, le=10)
     max_buffer_seconds: float = Field(15.0, gt=2, le=28)
     # Encoder window = buffer + this much padding (None: Whisper's full 30 s window every pass).
     encoder_pad_seconds: Optional[float] = Field(3.0, ge=0, le=30)
