@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -43,33 +44,37 @@ class TextStateCache:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._rows: collections.OrderedDict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = collections.OrderedDict()
+        self._lock = threading.Lock()  # fusion and the encode-ahead worker use it from their own threads
         self.hits = 0
         self.misses = 0
 
     def holds(self, text: str, max_tokens: int) -> bool:
-        return (text, max_tokens) in self._rows
+        with self._lock:
+            return (text, max_tokens) in self._rows
 
     def encode(self, model: SentimentModel, texts: Sequence[str], max_tokens: int, stats: Optional[LatencyStats]) -> TextStates:
         keys = [(t, max_tokens) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._rows))
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
+        with self._lock:
+            known = {k: self._rows[k] for k in keys if k in self._rows}
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
         fresh: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        if missing:
+        if missing:  # encoded outside the lock: the other thread's lookups never wait for a pass
             started = time.perf_counter()
             enc = model.backbone.encode_texts([t for t, _ in missing], max_tokens)
             if stats is not None:
                 stats.add("clip_text", time.perf_counter() - started)
             for i, key in enumerate(missing):
                 fresh[key] = (enc.states[i], enc.mask[i], enc.pooled_index[i])
-        rows = [fresh.get(k) or self._rows[k] for k in keys]
-        for key, row in fresh.items():
-            self._rows[key] = row
-        for key in keys:
-            if key in self._rows:
-                self._rows.move_to_end(key)
-        while len(self._rows) > self.capacity:
-            self._rows.popitem(last=False)
+        rows = [fresh.get(k) or known[k] for k in keys]
+        with self._lock:
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            self._rows.update(fresh)
+            for key in keys:
+                if key in self._rows:
+                    self._rows.move_to_end(key)
+            while len(self._rows) > self.capacity:
+                self._rows.popitem(last=False)
         return TextStates(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows]))
 
 
@@ -97,9 +102,10 @@ class ModelEngine:
         self.images = MicroBatcher("clip_image", self._encode_images, self._executor, cfg.max_batch, cfg.max_wait_ms,
                                    self.stats, max_batch_ms=cfg.max_batch_ms, yield_to=self.fusion)
         # Window texts encoded ahead of the estimate that will fuse them (live streams, as soon as the
-        # transcript changed): the text pass leaves frame -> estimate. After images, which wait for fusion.
-        self.texts = MicroBatcher("clip_text_ahead", self._encode_texts, self._executor, cfg.max_batch,
-                                  cfg.max_wait_ms, yield_to=self.images)
+        # transcript changed), on a thread of their own: the text pass is neither on frame -> estimate
+        # nor in front of a frame's image batch (on 2 cores it runs beside the image tower).
+        self._text_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentistream-text")
+        self.texts = MicroBatcher("clip_text_ahead", self._encode_texts, self._text_executor, cfg.max_batch, cfg.max_wait_ms)
 
     @property
     def weights(self) -> str:
@@ -158,3 +164,4 @@ class ModelEngine:
         await self.images.close()
         await self.fusion.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._text_executor.shutdown(wait=False, cancel_futures=True)
