@@ -305,8 +305,9 @@ def make_webcam_media(work: Path, seconds: float) -> dict[str, Path]:
 
 def decode_cpu(path: Path, seconds: float) -> dict[str, Any]:
     """Process CPU seconds to decode `seconds` of a clip (video + audio, no model): as before issue 11
-    (every frame to full-size RGB, single-threaded decoder) and with the frame policy (threaded
-    decoder, only the ~2 frames/s the sampler keeps converted, straight to 224 px short side)."""
+    (every frame to full-size RGB, single-threaded decoder) and with the frame policy (one decoder
+    thread up to 1080p, only the packets kept frames depend on, the ~2 frames/s the sampler keeps
+    converted straight to 224 px short side)."""
     import av
 
     from models.media import DamagedPackets, decode_packets
