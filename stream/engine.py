@@ -155,8 +155,9 @@ class ModelEngine:
         return self._text_cache.holds(text, max_tokens)
 
     async def prepare_text(self, text: str, max_tokens: int = 75) -> None:
-        """Encode a window text into the text cache ahead of the estimate that will use it. Runs
-        after pending fusion and image work; an estimate that comes first encodes it itself (once)."""
+        """Encode a window text into the text cache ahead of the estimate that will use it, on the
+        engine's text thread (beside image batches, not in front of them); an estimate that needs it
+        first encodes it itself."""
         await self.texts.submit((text, max_tokens))
 
     async def close(self) -> None:

@@ -326,9 +326,8 @@ class StreamingTranscriber:
         """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""
         began = time.perf_counter()
         if self._decoder is not None:
-            extra = {"prefix": prefix} if prefix else {}
-            segments = self._decoder.transcribe(audio, prompt, beam_size, **extra) if beam_size or prefix else \
-                self._decoder.transcribe(audio, prompt)
+            extra = {"prefix": prefix} if prefix else {}  # decoders without a prefix parameter still fit
+            segments = self._decoder.transcribe(audio, prompt, beam_size, **extra)
         else:
             segments = self._transcribe_full(audio, prompt, beam_size or self._cfg.beam_size)
         self.transcribe_seconds += time.perf_counter() - began

@@ -158,9 +158,7 @@ class StreamSession:
     @property
     def frame_period(self) -> float:
         """Media seconds between sampled frames at the sampler's current rate (inf: no video)."""
-        if self.video is None:
-            return float("inf")
-        return self.sampler.period if self.sampler.period > 0 else 0.0
+        return float("inf") if self.video is None else self.sampler.period
 
     @property
     def frames_dropped(self) -> int:

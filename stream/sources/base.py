@@ -38,10 +38,8 @@ class VideoFrame:
     @property
     def source_pixels(self) -> Optional[np.ndarray]:
         """A kept frame at its own size (face detection and crops, boxes in source pixels):
-        `detail`, else `display`, else `image` (full size without a policy)."""
-        if self.detail is not None:
-            return self.detail
-        return self.display if self.display is not None else self.image
+        `detail`, else `full`."""
+        return self.detail if self.detail is not None else self.full
 
 
 @dataclass(slots=True)
