@@ -30,6 +30,17 @@ def cover_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, i
     return max(tw, round(width * scale)), max(th, round(height * scale))
 
 
+def scaled_rgb(frame: Any, width: int, height: int, interpolation: str = INTERPOLATION) -> np.ndarray:
+    """An `av.VideoFrame` scaled by swscale to (height, width, 3) RGB uint8.
+
+    swscale writes planar RGB (gbrp; PyAV hands it back as packed RGB), not packed rgb24: on
+    640x480 -> 299x224 bicubic that costs 0.57 ms against 1.02 ms with the same pixels, and at
+    some output widths (224, 398: a 720p frame's CLIP size) swscale's scaled rgb24 writer is
+    wrong: against torch's antialiased bicubic resize of the full RGB frame, a 720p camera frame
+    is off by mean 2.4 / max 233 levels that way and 1.2 / 56 planar."""
+    return frame.reformat(width=width, height=height, format="gbrp", interpolation=interpolation).to_ndarray()
+
+
 class Pixels(NamedTuple):
     """What a source makes of one frame under a policy."""
 
@@ -67,5 +78,4 @@ class FramePolicy:
         w, h = cover_size(frame.width, frame.height, self.size)
         if (w, h) == (frame.width, frame.height) and full is not None:
             return Pixels(full, display, detail)
-        small = frame.reformat(width=w, height=h, format="rgb24", interpolation=self.interpolation)
-        return Pixels(small.to_ndarray(), display, detail)
+        return Pixels(scaled_rgb(frame, w, h, self.interpolation), display, detail)
