@@ -6,12 +6,15 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
+INSTALL_GB ?= 8
 
 .PHONY: install install-gpu demo test test-fast lint apt bench bench-webcam bench-gpu bench-presets clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); if [ "$$free" -lt $(INSTALL_GB) ]; then \
+	  echo "error: the install needs about $(INSTALL_GB) GB free here (torch's CUDA build is 5.5 GB), only $$free GB are: free some disk and rerun"; exit 1; fi
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --upgrade pip wheel setuptools
 	# torch + torchvision first and pinned: pip takes these from local disk here.
