@@ -126,6 +126,8 @@ def worker_main(spec: dict[str, Any]) -> int:
                                      frame_policy=spec.get("frame_policy", True)))
     # The decode stage's total (wall in the decode threads, pacing excluded), for before/after.
     result.report["decode_total_s"] = round(sum(result.stats.values("decode")), 3)
+    # Its CPU (the decode threads' own time, audio included; waits for a core excluded): the issue's measure.
+    result.report["decode_cpu_s"] = round(sum(result.stats.values("decode_cpu")), 3)
     Path(spec["out"]).write_text(json.dumps(result.report), encoding="utf-8")
     return 0
 
@@ -367,6 +369,7 @@ def _webcam_row(case: str, rep: dict[str, Any]) -> dict[str, Any]:
             "frames_stale": rep.get("frames_stale"), "lowest_sampler_fps": min(lowest) if lowest else None,
             "clip_p95_ms": st["clip_image"]["p95_ms"], "clip_mean_batch": rep["batching"]["clip_image"]["mean_batch"],
             "fusion_p95_ms": st["fusion"]["p95_ms"], "decode_total_s": rep.get("decode_total_s"),
+            "decode_cpu_s": rep.get("decode_cpu_s"),
             "text_cache_misses": rep["text"]["cache_misses"], "text_updates": rep["text"]["updates"],
             "partial_text_every": rep["text"]["partial_text_every"], "clip_text_count": st["clip_text"]["count"],
             "clip_text_p50_ms": st["clip_text"]["p50_ms"],
@@ -388,6 +391,10 @@ def bench_webcam(base: dict[str, Any], clips: dict[str, Path], seconds: float, d
         rows.append(_webcam_row(case, run_worker(spec)))
     out["rows"] = rows
     by = {r["case"]: r for r in rows}
+    # The decode stage inside the pipeline, before (no frame policy) / after: its CPU (the target) and its wall
+    # time (which also counts waiting for a core while CLIP and Whisper run).
+    out["decode_stage_cpu_ratio_before_over_after"] = _ratio(by["file 640x480, before"]["decode_cpu_s"],
+                                                             by["file 640x480"]["decode_cpu_s"])
     out["decode_stage_ratio_before_over_after"] = _ratio(by["file 640x480, before"]["decode_total_s"],
                                                          by["file 640x480"]["decode_total_s"])
     out["text_passes_every_hop_over_default"] = _ratio(by["paced 2x 640x480, partial text every hop"]["text_cache_misses"],
@@ -423,7 +430,7 @@ def webcam_targets(w: dict[str, Any]) -> list[dict[str, Any]]:
     add("1 paced 720p stream: transcript lag p95 (ms)", by.get("paced 1x 1280x720", {}).get("lag_p95_ms"), 2000)
     add("file 640x480@30: realtime factor", by.get("file 640x480", {}).get("realtime_factor"), 3.0, higher=True)
     add("decode CPU 640x480, before / after (x)", w.get("decode", {}).get("640x480", {}).get("cpu_ratio_before_over_after"), 3.0, higher=True)
-    add("decode stage in the pipeline, before / after (x)", w.get("decode_stage_ratio_before_over_after"), 3.0, higher=True)
+    add("decode stage CPU in the pipeline, before / after (x)", w.get("decode_stage_cpu_ratio_before_over_after"), 3.0, higher=True)
     if "drift" in w:
         add("4 paced 640x480 streams: f2e p95 (ms) over the long run", w["drift"]["f2e_p95_ms"], 1500)
         add("4 paced 640x480 streams: estimates/s per stream over the long run", w["drift"]["estimates_per_s"], 1.5, higher=True)
@@ -519,11 +526,11 @@ def markdown(res: dict[str, Any]) -> str:
         rows = [*w["rows"], *([w["drift"]] if "drift" in w else [])]
         lines += _table(["case", "realtime x", "f2e p50 ms", "f2e p95 ms", "lag p95 ms", "estimates/s/stream", "processed",
                          "dropped (stale)", "lowest fps", "CLIP batch p95 ms", "mean batch", "fusion p95 ms", "decode total s",
-                         "text passes", "drift"],
+                         "decode CPU s", "text passes", "drift"],
                         [[r["case"], r["realtime_factor"], r["f2e_p50_ms"], r["f2e_p95_ms"], r["lag_p95_ms"], r["estimates_per_s"],
                           r["frames_processed"], f"{r['frames_dropped']} ({r['frames_stale']})", r["lowest_sampler_fps"],
                           r["clip_p95_ms"], r["clip_mean_batch"], r["fusion_p95_ms"], r["decode_total_s"],
-                          r["text_cache_misses"], r["drift_ratio"]] for r in rows])
+                          r.get("decode_cpu_s"), r["text_cache_misses"], r["drift_ratio"]] for r in rows])
         lines.append("")
     if res.get("targets"):
         lines += ["Targets:", ""] + _table(["target", "value", "limit", "ok"], [[t["target"], t["value"], t["limit"], t["ok"]] for t in res["targets"]])

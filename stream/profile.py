@@ -63,21 +63,28 @@ def timed_frames(source: MediaSource, stats: LatencyStats, duration: Optional[fl
     "decode" is the wall time spent inside the generator for the call that produced the frame
     (demux + decode + conversion of kept frames), minus pacing sleeps. For files this is the decode cost; for
     cameras/URLs it also includes waiting for the device/network, so read it as an upper bound.
+    "decode_cpu" is the CPU time of the thread that runs the generator (sleeps and waits for a core
+    excluded), audio included: each video frame's sample also holds the audio items decoded since
+    the previous frame. FFmpeg's own worker threads (frame-threaded decoding above 1080p) are not in it.
     """
     frames = source.frames(policy)
+    cpu_since_frame = 0.0
     try:
         while True:
             waited = _paced(source)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 item = next(frames)
             except StopIteration:
                 return
             if duration is not None and item.t >= duration:
                 return  # before recording: one decode sample per frame that entered the pipeline
+            cpu_since_frame += time.thread_time() - cpu_started
             if isinstance(item, VideoFrame):
                 paced = _paced(source) - waited
                 stats.add("decode", max(0.0, time.perf_counter() - started - paced))
+                stats.add("decode_cpu", cpu_since_frame)
+                cpu_since_frame = 0.0
             yield item
     finally:
         frames.close()  # AvSource closes its container in the generator's finally
