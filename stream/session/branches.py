@@ -67,7 +67,8 @@ class VideoBranch:
                 if first is CLOSED:
                     return
                 batch, ended = [first], False
-                while len(batch) < self.max_batch:  # take what is queued: one batch
+                kept = int(first[1])
+                while kept < self.max_batch:  # take what is queued: one batch of up to max_batch kept frames
                     more = self.queue.get_nowait()
                     if more is None:
                         break
@@ -75,6 +76,7 @@ class VideoBranch:
                         ended = True
                         break
                     batch.append(more)
+                    kept += more[1]
                 await self._encode(batch)
                 if ended:
                     return
