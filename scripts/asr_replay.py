@@ -24,6 +24,7 @@ later passes fall, which moves WER by a few hundredths on this set), for compari
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -64,6 +65,9 @@ def make_eval_clips(work: Path, which: str = "eval") -> dict[str, tuple[np.ndarr
     from asr_eval_set import CLIPS, FRESH, large, render, revoiced
 
     clips = {"eval": CLIPS, "revoiced": revoiced(), "fresh": FRESH, "large": large()}[which]
+    if which == "large":  # renders are cached by clip name: a new draw (other sentences) gets its own folder
+        work = work / f"large-{hashlib.sha1(repr(clips).encode()).hexdigest()[:10]}"
+        which = ""
     return {c.name: (render(c, work / which), c.reference, c.split) for c in clips}
 
 
