@@ -8,6 +8,11 @@ report both, and never tune on the second.
 
 References are written the way Whisper spells numbers ("7:45", "12"), so a WER counts words misheard,
 not number formatting.
+
+`large()` (`asr_replay.py --clips large`, issue 17's fourth round) is a bigger set with the same kinds of
+conditions: 40 clips of 9-15 s drawn by a seeded generator from a bank of 140 sentences used nowhere else,
+20 tuning / 20 held-back, each condition spec rendered once per half; its noise comes from one repeatable
+`sox -R` render, so every machine and work dir gets the same audio.
 """
 from __future__ import annotations
 

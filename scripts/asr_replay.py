@@ -184,7 +184,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         "in other voices and conditions (a second tuning sample); fresh: a second held-back set "
                         "(10 clips, new sentences); large: 40 generated clips of new sentences, 20 tuning / 20 "
                         "held-back with the same mix of conditions; legacy: the 4 tuned-on clips")
-    p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="eval clips to run")
+    p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="which half of --clips eval or large to run")
     p.add_argument("--modes", default="live,file,offline", help="comma list of live, file, offline")
     p.add_argument("--clock", default="wall", metavar="wall|cpu|SECONDS",
                    help="what a pass costs on the virtual clock: wall time (a quiet machine), the process's "
