@@ -10,8 +10,10 @@ patterns, because one clip's WER swings by +-0.05 with where passes happen to fa
 `--clips eval` (default) is the 14-clip set of `asr_eval_set.py` (tuning and held-back halves,
 voices, rates, numbers, pauses, noise); `--clips revoiced` the tuning half's sentences in the other
 tuning clips' voices and conditions (split "revoiced"; a second tuning sample); `--clips fresh` a
-second held-back set (10 clips, new sentences, split "fresh"); `--clips legacy` the 4 clips the
-defaults were tuned on.
+second held-back set (10 clips, new sentences, split "fresh"); `--clips large` 40 clips of 8-15 s
+drawn by a seeded generator from a bank of new sentences (`asr_eval_set.large()`: 20 tuning / 20
+held-back, the same mix of voices, rates, pauses and noise in each half; the issue 17 fourth round's
+set); `--clips legacy` the 4 clips the defaults were tuned on.
 Modes: live (the virtual clock above, `asr.chunk_seconds`), file (the same transcriber with
 `asr.file_chunk_seconds`, as `sentistream run` on a file) and offline (faster-whisper's
 `transcribe` on the whole clip, beam 5: the ceiling). Each `--variant NAME:KEY=VALUE,KEY=VALUE`
@@ -22,6 +24,7 @@ later passes fall, which moves WER by a few hundredths on this set), for compari
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -59,9 +62,12 @@ def make_legacy_clips(work: Path) -> dict[str, tuple[np.ndarray, str, str]]:
 
 
 def make_eval_clips(work: Path, which: str = "eval") -> dict[str, tuple[np.ndarray, str, str]]:
-    from asr_eval_set import CLIPS, FRESH, render, revoiced
+    from asr_eval_set import CLIPS, FRESH, large, render, revoiced
 
-    clips = {"eval": CLIPS, "revoiced": revoiced(), "fresh": FRESH}[which]
+    clips = {"eval": CLIPS, "revoiced": revoiced(), "fresh": FRESH, "large": large()}[which]
+    if which == "large":  # renders are cached by clip name: a new draw (other sentences) gets its own folder
+        work = work / f"large-{hashlib.sha1(repr(clips).encode()).hexdigest()[:10]}"
+        which = ""
     return {c.name: (render(c, work / which), c.reference, c.split) for c in clips}
 
 
@@ -173,11 +179,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="a configuration to compare (default: the config alone)")
     p.add_argument("--work-dir", default="/tmp/sentistream-asr-replay", help="generated clips are kept here")
-    p.add_argument("--clips", choices=("eval", "revoiced", "fresh", "legacy"), default="eval",
+    p.add_argument("--clips", choices=("eval", "large", "revoiced", "fresh", "legacy"), default="eval",
                    help="eval: the 14-clip set with tuning/held-back halves; revoiced: the tuning half's sentences "
                         "in other voices and conditions (a second tuning sample); fresh: a second held-back set "
-                        "(10 clips, new sentences); legacy: the 4 tuned-on clips")
-    p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="eval clips to run")
+                        "(10 clips, new sentences); large: 40 generated clips of new sentences, 20 tuning / 20 "
+                        "held-back with the same mix of conditions; legacy: the 4 tuned-on clips")
+    p.add_argument("--split", choices=("all", "tuning", "held-back"), default="all", help="which half of --clips eval or large to run")
     p.add_argument("--modes", default="live,file,offline", help="comma list of live, file, offline")
     p.add_argument("--clock", default="wall", metavar="wall|cpu|SECONDS",
                    help="what a pass costs on the virtual clock: wall time (a quiet machine), the process's "
