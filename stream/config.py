@@ -103,8 +103,6 @@ class EngineConfig(Section):
 
 
 class PipelineConfig(Section):
-    # Frames waiting for CLIP per stream. Live: the newest ones (older are dropped). Files: kept frames
-    # (the sampler's skipped frames between them take no room), i.e. the largest CLIP batch a file gets.
     video_queue: int = Field(4, ge=1, le=1024)
     # Live: a frame older than this (since it entered the pipeline) when CLIP would take it is
     # dropped and counted (frames_stale), whatever the queue depth. 0: never. Files never drop.

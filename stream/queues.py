@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 CLOSED: Any = object()  # what get() returns once a closed queue is drained
 
@@ -83,67 +83,32 @@ class LatestQueue:
 
 
 class FileQueue:
-    """Bounded queue for files: `put` waits for room (back-pressure) instead of dropping.
+    """Bounded queue for files: `put` waits for room (back-pressure) instead of dropping."""
 
-    `cost(item)` says how much of `maxsize` an item takes (default 1 each). The video queue of a file
-    counts only kept frames: the skipped frames between them (their time only, no pixels) cost 0, so
-    the decoder can run `maxsize` kept frames ahead and CLIP takes them as one batch, however many
-    frames a second the sampler skips. `max_items` bounds the queue whatever the costs."""
-
-    def __init__(self, maxsize: int, *, cost: Optional[Callable[[Any], int]] = None, max_items: Optional[int] = None):
-        if maxsize < 1:
-            raise ValueError("maxsize must be >= 1")
-        self.maxsize = maxsize
-        self.max_items = max(maxsize, max_items or maxsize)
-        self._cost = cost or (lambda item: 1)
-        self._items: collections.deque[tuple[Any, int]] = collections.deque()
-        self._load = 0
-        self._ready = asyncio.Event()  # set when an item arrives
-        self._room = asyncio.Event()  # set when an item leaves
+    def __init__(self, maxsize: int):
+        self._q: asyncio.Queue = asyncio.Queue(maxsize)
         self.dropped = 0
         self.aborted = False
 
-    def _full_for(self, cost: int) -> bool:
-        return len(self._items) >= self.max_items or (cost > 0 and self._load + cost > self.maxsize)
-
     async def put(self, item: Any) -> None:
-        cost = self._cost(item)
-        while not self.aborted and self._full_for(cost):
-            self._room.clear()
-            await self._room.wait()
         if not self.aborted:
-            self._append(item, cost)
-
-    def _append(self, item: Any, cost: int) -> None:
-        self._items.append((item, cost))
-        self._load += cost
-        self._ready.set()
+            await self._q.put(item)
 
     def abort(self) -> None:
         """The consumer died: empty the queue so a blocked producer wakes up, refuse the rest."""
         self.aborted = True
-        self._items.clear()
-        self._load = 0
-        self._room.set()
+        while not self._q.empty():
+            self._q.get_nowait()
 
     def close(self) -> None:
-        """Queue the end marker after everything already queued (one item over the bound)."""
-        self._append(CLOSED, 0)
+        """Queue the end marker after everything already queued (waits for room if full)."""
+        if self._q.full():
+            asyncio.ensure_future(self._q.put(CLOSED))
+        else:
+            self._q.put_nowait(CLOSED)
 
     async def get(self) -> Any:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._pop()
+        return await self._q.get()
 
     def get_nowait(self) -> Any:
-        return self._pop() if self._items else None
-
-    def _pop(self) -> Any:
-        item, cost = self._items.popleft()
-        self._load -= cost
-        self._room.set()
-        return item
-
-    def qsize(self) -> int:
-        return len(self._items)
+        return self._q.get_nowait() if not self._q.empty() else None

@@ -47,33 +47,6 @@ async def test_file_clock_estimates_every_hop_and_loses_no_frame(runtime, tiny_c
     assert summary["frames_processed"] + summary["frames_skipped"] == 45
 
 
-async def test_file_video_queue_holds_kept_frames_whatever_the_skipped_frames_between(runtime, tiny_cfg):
-    # Back-pressure counts kept frames only: the decoder runs pipeline.video_queue kept frames ahead,
-    # so CLIP can take them as one batch, with every skipped frame in between still queued in order.
-    session = StreamSession("f", runtime, lambda e: None, live=False, has_video=True, has_audio=False)
-    assert session.video is not None
-    room = tiny_cfg.pipeline.video_queue
-    fps, pushed = 30, 0
-    while session.video.frames_in - session.video.frames_skipped < room:  # nobody consuming yet
-        await asyncio.wait_for(session.push_video(VideoFrame(pushed / fps, FRAME, 0.0)), 5)
-        pushed += 1
-    assert session.video.queue.qsize() == pushed > room  # skipped frames queued, none blocked
-    # The next kept frame waits for room (skipped frames before it do not), until CLIP takes frames.
-    async def more() -> None:
-        for i in range(pushed, pushed + fps):
-            await session.push_video(VideoFrame(i / fps, FRAME, 0.0))
-
-    feeder = asyncio.create_task(more())
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert not feeder.done() and session.video.frames_in - session.video.frames_skipped == room + 1
-    runner = asyncio.create_task(session.run())
-    await asyncio.wait_for(feeder, 30)
-    session.end_input()
-    summary = await asyncio.wait_for(runner, 30)
-    assert summary["frames_in"] == pushed + fps and summary["frames_dropped"] == 0
-
-
 async def test_live_video_branch_never_queues_skipped_frames(runtime):
     # A live queue holds few frames: sampler-skipped frames must not push kept ones out of it.
     session = StreamSession("l", runtime, lambda e: None, live=True, has_video=True, has_audio=False)

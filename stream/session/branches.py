@@ -67,8 +67,7 @@ class VideoBranch:
                 if first is CLOSED:
                     return
                 batch, ended = [first], False
-                kept = int(first[1])
-                while kept < self.max_batch:  # take what is queued: one batch of up to max_batch kept frames
+                while len(batch) < self.max_batch:  # take what is queued: one batch
                     more = self.queue.get_nowait()
                     if more is None:
                         break
@@ -76,7 +75,6 @@ class VideoBranch:
                         ended = True
                         break
                     batch.append(more)
-                    kept += more[1]
                 await self._encode(batch)
                 if ended:
                     return

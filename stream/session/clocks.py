@@ -17,9 +17,6 @@ from .progress import Progress
 
 _AUDIO_CHUNK_S = 0.02  # a live audio queue holds pipeline.audio_queue_seconds of 20 ms chunks
 _FILE_AUDIO_QUEUE = 64
-# A file's video queue counts kept frames (`pipeline.video_queue` of them); the skipped frames between
-# them (times only) are bounded by this many items in all.
-_FILE_VIDEO_ITEMS = 512
 
 
 class Timeline(Protocol):
@@ -54,7 +51,7 @@ class FileClock:
         self.cfg = cfg
 
     def video_queue(self) -> MediaQueue:
-        return FileQueue(self.cfg.pipeline.video_queue, cost=_kept, max_items=_FILE_VIDEO_ITEMS)
+        return FileQueue(self.cfg.pipeline.video_queue)
 
     def audio_queue(self) -> MediaQueue:
         return FileQueue(_FILE_AUDIO_QUEUE)
@@ -122,8 +119,3 @@ class LiveClock:
 
 
 Clock = FileClock | LiveClock
-
-
-def _kept(item: object) -> int:
-    """A file's video queue item, (VideoFrame, keep): only kept frames take room."""
-    return 1 if isinstance(item, tuple) and item[1] else 0
