@@ -65,10 +65,10 @@ def make_eval_clips(work: Path, which: str = "eval") -> dict[str, tuple[np.ndarr
     from asr_eval_set import CLIPS, FRESH, large, render, revoiced
 
     clips = {"eval": CLIPS, "revoiced": revoiced(), "fresh": FRESH, "large": large()}[which]
+    folder = work / which
     if which == "large":  # renders are cached by clip name: a new draw (other sentences) gets its own folder
-        work = work / f"large-{hashlib.sha1(repr(clips).encode()).hexdigest()[:10]}"
-        which = ""
-    return {c.name: (render(c, work / which), c.reference, c.split) for c in clips}
+        folder = work / f"large-{hashlib.sha1(repr(clips).encode()).hexdigest()[:10]}"
+    return {c.name: (render(c, folder), c.reference, c.split) for c in clips}
 
 
 def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter,

@@ -530,7 +530,7 @@ def markdown(res: dict[str, Any]) -> str:
                         [[r["case"], r["realtime_factor"], r["f2e_p50_ms"], r["f2e_p95_ms"], r["lag_p95_ms"], r["estimates_per_s"],
                           r["frames_processed"], f"{r['frames_dropped']} ({r['frames_stale']})", r["lowest_sampler_fps"],
                           r["clip_p95_ms"], r["clip_mean_batch"], r["fusion_p95_ms"], r["decode_total_s"],
-                          r.get("decode_cpu_s"), r["text_cache_misses"], r["drift_ratio"]] for r in rows])
+                          r["decode_cpu_s"], r["text_cache_misses"], r["drift_ratio"]] for r in rows])
         lines.append("")
     if res.get("targets"):
         lines += ["Targets:", ""] + _table(["target", "value", "limit", "ok"], [[t["target"], t["value"], t["limit"], t["ok"]] for t in res["targets"]])

@@ -358,7 +358,6 @@ def snapshot() -> tuple[float, int, int]:
     return rss_mb(), len(asyncio.all_tasks()), len(threads)
 
 
-
 async def one_cycle(base: str) -> None:
     """Connect with camera + mic, get the overlay back and the events channel open, hang up."""
     client = Client([FlatVideo(), AudioStreamTrack()])
