@@ -147,6 +147,9 @@ class ClipBackbone(Backbone):
         self.clip = clip.eval().requires_grad_(False)
         self.reparameterized = _reparameterize(self.clip.visual)
         self._text = text
+        # CLIP's text transformer: causal mask, pooled at EOT, no padding mask or class token.
+        self.text_prefix_exact = (getattr(text, "attn_mask", None) is not None and tokenizer.pool == "eot"
+                                  and getattr(text, "cls_emb", None) is None and not getattr(text, "use_pad_mask", False))
         self.to(device)
         if dtype != torch.float32:
             self.clip.to(dtype)
@@ -158,13 +161,15 @@ class ClipBackbone(Backbone):
         self.clip.visual = torch.compile(self.clip.visual, mode=mode, dynamic=True)
 
     def _text_token_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) states of token rows (B, T), T <= context length (shorter: a causal tower's prefix)."""
         t = self._text
-        if hasattr(t, "_embeds"):  # open_clip TextTransformer: embeddings + causal / padding mask
-            x, attn_mask = t._embeds(tokens)
-        else:  # the built-in tower of open_clip.CLIP
+        n = tokens.shape[1]
+        if self.text_prefix_exact or not hasattr(t, "_embeds"):  # embeddings and causal mask cut to T
             cast = t.transformer.get_cast_dtype()
-            x = t.token_embedding(tokens).to(cast) + t.positional_embedding.to(cast)
-            attn_mask = t.attn_mask
+            x = t.token_embedding(tokens).to(cast) + t.positional_embedding[:n].to(cast)
+            attn_mask = None if t.attn_mask is None else t.attn_mask[:n, :n]
+        else:  # open_clip TextTransformer with a padding mask or class token: full rows
+            x, attn_mask = t._embeds(tokens)
         x = t.ln_final(t.transformer(x, attn_mask=attn_mask))
         proj = t.text_projection
         return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj

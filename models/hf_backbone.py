@@ -58,6 +58,8 @@ class HfBackbone(Backbone):
         super().__init__(name, preprocess, tokenizer, embed_dim, float(model.logit_scale.exp().item()), bias, device, dtype, weights)
         self.family = family
         self.hf = model.eval().requires_grad_(False)
+        # transformers CLIP: causal, pooled at EOS (SigLIP attends both ways and pools the last position).
+        self.text_prefix_exact = family == "clip" and tokenizer.pool == "eot"
         self.to(device)
         if dtype != torch.float32:
             self.hf.to(dtype)

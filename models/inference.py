@@ -51,7 +51,10 @@ def build_inputs(items: Sequence[WindowInput], text: TextStates, dim: int, devic
             age[i, :n] = it.image_age.to(device)
             mask[i, :n] = True
     has_text = torch.tensor([bool(it.text.strip()) for it in items], device=device).unsqueeze(1)
-    return FusionInputs(image, mask, age, text.states, text.mask & has_text, text.pooled_index)
+    # Text positions past the last one any row uses (its mask, which covers the pooling position)
+    # are never read: fusion attends over the rest only. Window texts use ~20-30 of 77.
+    used = int(text.mask.any(0).nonzero().max()) + 1 if text.mask.any() else text.mask.shape[1]
+    return FusionInputs(image, mask, age, text.states[:, :used], (text.mask & has_text)[:, :used], text.pooled_index)
 
 
 @torch.inference_mode()

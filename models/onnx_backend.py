@@ -68,6 +68,8 @@ def graph_key(cfg: VisionConfig, backbone: ClipBackbone, tower: str, weights: st
         "opset": OPSET,
         "torch": torch.__version__,
         "tower": tower,
+        # text graphs of causal towers take any token count up to the context length (earlier ones: 77 only)
+        "tokens": "prefix" if tower == "text" and backbone.text_prefix_exact else "context",
     }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.model)
@@ -99,15 +101,19 @@ def _example(backbone: ClipBackbone, tower: str) -> torch.Tensor:
 
 
 def export_tower(backbone: ClipBackbone, tower: str, path: Path) -> None:
-    """torch.onnx (dynamo exporter) of one tower with a dynamic batch axis, written to `path`."""
+    """torch.onnx (dynamo exporter) of one tower with a dynamic batch axis, written to `path`; a
+    causal text tower's token axis is dynamic too (`Backbone.text_prefix_exact`)."""
     module = (_ImageTower if tower == "image" else _TextTower)(backbone).eval()
     name = "pixels" if tower == "image" else "tokens"
     batch = torch.export.Dim("batch", min=1, max=4096)
+    axes: dict[int, Any] = {0: batch}
+    if tower == "text" and backbone.text_prefix_exact:
+        axes[1] = torch.export.Dim("tokens", min=2, max=backbone.context_length)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # exporter chatter; a failure still raises
         torch.onnx.export(
             module, (_example(backbone, tower),), str(path), dynamo=True, input_names=[name], output_names=["out"],
-            dynamic_shapes=({0: batch},), opset_version=OPSET, external_data=True, verbose=False, report=False,
+            dynamic_shapes=(axes,), opset_version=OPSET, external_data=True, verbose=False, report=False,
         )
 
 
@@ -257,7 +263,7 @@ def use_onnx(backbone: ClipBackbone, cfg: VisionConfig, threads: int | None = No
             graphs[tower] = quantized_graph(graphs[tower], root)
         towers[tower] = OrtTower(graphs[tower], providers, n, backbone.device)
     backbone.image_tower = towers["image"]
-    backbone.text_tower = towers["text"]
+    backbone.text_tower = towers["text"]  # takes the token counts `text_prefix_exact` says (export_tower)
     chosen = towers["image"].providers  # type: ignore[attr-defined]
     backbone.backend = "onnx-int8" if "-int8" in graphs["image"].parent.name else "onnx"
     log.info("CLIP towers on ONNX Runtime (%s, %d threads%s)", chosen[0], n, ", int8" if backbone.backend == "onnx-int8" else "")

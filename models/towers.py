@@ -164,6 +164,12 @@ class Backbone(torch.nn.Module):
         self.backend = "torch"
         self.image_tower: Callable[[torch.Tensor], torch.Tensor] = self._encode_pixels
         self.text_tower: Callable[[torch.Tensor], torch.Tensor] = self._text_token_states
+        # True when the text tower is causal and pools at the closing token: a row's states up to
+        # its closing token do not depend on the padding after it, so one pass over the batch's
+        # longest sequence gives the same states as a pass over all `context_length` positions
+        # (window texts are ~20-30 of 77 tokens). Subclasses set it; a tower with a fixed token
+        # axis (an exported graph) clears it.
+        self.text_prefix_exact = False
 
     @property
     def sot(self) -> Optional[int]:
@@ -231,9 +237,16 @@ class Backbone(torch.nn.Module):
 
     @torch.inference_mode()
     def encode_text_tokens(self, tokens: torch.Tensor) -> TextStates:
+        """Token states (B, T, d) float32 of token rows (B, T), with their mask and pooling index.
+        Positions the mask leaves out may be zeros (see `text_prefix_exact`): nothing reads them."""
         tokens = tokens.to(self.device)
         mask, pooled = self.tokenizer.layout(tokens)
-        return TextStates(states=self.text_tower(tokens).float(), mask=mask, pooled_index=pooled)
+        width = tokens.shape[1]
+        used = int(pooled.max()) + 1 if self.text_prefix_exact and len(tokens) else width
+        states = self.text_tower(tokens[:, :used]).float()
+        if used < width:
+            states = F.pad(states, (0, 0, 0, width - used))
+        return TextStates(states=states, mask=mask, pooled_index=pooled)
 
     def encode_texts(self, texts: Sequence[str], max_tokens: Optional[int] = None) -> TextStates:
         return self.encode_text_tokens(self.tokenize(texts, max_tokens))

@@ -123,6 +123,40 @@ def test_long_text_keeps_last_words(tiny_model):
     assert ts.mask.all() and int(ts.pooled_index[0]) == 76
 
 
+
+def test_text_pass_over_the_longest_sequence_gives_the_full_pass_states_and_estimates(tiny_cfg, perturbed_fusion):
+    """CLIP's text tower is causal and pools at EOT, so the pass runs over the batch's longest
+    sequence, not all 77 positions: every state up to a row's EOT equals the full pass (the pooled
+    one equals open_clip's own encode_text), and fusion, which sees only the used positions, gives
+    the estimates it gives on full-width states."""
+    from models.backbone import create_backbone
+
+    bb = create_backbone(tiny_cfg.vision)  # torch towers
+    assert bb.text_prefix_exact
+    texts = ["hello world", "a much longer sentence with several more words in it", ""]
+    tokens = bb.tokenize(texts)
+    longest = len(bb.tokenizer.encode(texts[1])) + 2
+    widths = []
+    tower = bb.text_tower
+    bb.text_tower = lambda t: widths.append(t.shape[1]) or tower(t)
+    ts = bb.encode_text_tokens(tokens)
+    assert widths == [longest] and ts.states.shape == (3, 77, bb.embed_dim)
+    with torch.inference_mode():
+        full = bb._text_token_states(tokens)
+        own = bb.clip.encode_text(tokens)
+    assert torch.allclose(ts.states[ts.mask], full[ts.mask], atol=1e-5)
+    assert torch.allclose(ts.states[torch.arange(3), ts.pooled_index], own, atol=1e-5)
+
+    fusion = perturbed_fusion(seed=3)
+    items = [_window(bb, 2, t, seed=i) for i, t in enumerate(texts)]
+    used = build_inputs(items, ts, bb.embed_dim, bb.device)
+    assert used.text.shape[1] == longest
+    whole = FusionInputs(used.image, used.image_mask, used.image_age, full,
+                         ts.mask & torch.tensor([bool(t) for t in texts]).unsqueeze(1), ts.pooled_index)
+    with torch.no_grad():
+        assert torch.allclose(fusion(used).probs, fusion(whole).probs, atol=1e-5)
+
+
 # ---------------------------------------------------------------- zero-shot equivalence
 
 

@@ -65,6 +65,20 @@ def test_tiny_onnx_matches_torch(tiny_pair):
     assert min(cos.values()) >= 0.999, cos
 
 
+
+def test_text_graph_takes_any_token_count_up_to_the_context(tiny_pair):
+    """The causal text tower is exported with a dynamic token axis: a pass over the batch's longest
+    sequence (what `encode_text_tokens` runs) matches the torch pass over all 77 positions."""
+    _, torch_bb, onnx_bb, _ = tiny_pair
+    assert onnx_bb.text_prefix_exact
+    tokens = torch_bb.tokenize(TEXTS)
+    with torch.inference_mode():
+        full = torch_bb._text_token_states(tokens)
+    for n in (2, 9, 77):
+        out = onnx_bb.text_tower(tokens[:, :n])
+        assert out.shape == (len(TEXTS), n, torch_bb.embed_dim)
+        assert F.cosine_similarity(out.reshape(-1, out.shape[-1]), full[:, :n].reshape(-1, out.shape[-1])).min() >= 0.999
+
 def test_a_model_on_onnx_runtime_can_be_deep_copied(tiny_pair):
     import copy
 
