@@ -265,6 +265,10 @@ def use_onnx(backbone: ClipBackbone, cfg: VisionConfig, threads: int | None = No
     backbone.image_tower = towers["image"]
     backbone.text_tower = towers["text"]  # takes the token counts `text_prefix_exact` says (export_tower)
     chosen = towers["image"].providers  # type: ignore[attr-defined]
+    if chosen[0] == PROVIDERS["tensorrt"]:
+        # TensorRT builds an engine per range of input shapes it has seen: full-width token rows
+        # keep one engine instead of a rebuild each time a longer window text arrives.
+        backbone.text_prefix_exact = False
     backbone.backend = "onnx-int8" if "-int8" in graphs["image"].parent.name else "onnx"
     log.info("CLIP towers on ONNX Runtime (%s, %d threads%s)", chosen[0], n, ", int8" if backbone.backend == "onnx-int8" else "")
     return {"providers": chosen, "graphs": graphs, "warning": warning}

@@ -79,6 +79,28 @@ def test_text_graph_takes_any_token_count_up_to_the_context(tiny_pair):
         assert out.shape == (len(TEXTS), n, torch_bb.embed_dim)
         assert F.cosine_similarity(out.reshape(-1, out.shape[-1]), full[:, :n].reshape(-1, out.shape[-1])).min() >= 0.999
 
+
+def test_text_rows_stay_full_width_when_tensorrt_runs_the_graphs(tiny_pair, onnx_cache, monkeypatch):
+    """TensorRT builds an engine per input-shape range: text rows keep the context length there, so
+    a longer window text never triggers a rebuild. (No TensorRT here: the session runs on the CPU and
+    only reports TensorRT as its provider.)"""
+    cfg, torch_bb, _, _ = tiny_pair
+
+    class ReportsTensorrt(OrtTower):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.providers = ["TensorrtExecutionProvider", *self.providers]
+
+    monkeypatch.setattr(onnx_backend, "OrtTower", ReportsTensorrt)
+    bb = create_backbone(cfg.vision)
+    use_onnx(bb, cfg.vision, threads=1, root=onnx_cache)
+    widths = []
+    tower = bb.text_tower
+    bb.text_tower = lambda t: widths.append(t.shape[1]) or tower(t)
+    ts, ref = bb.encode_texts(TEXTS), torch_bb.encode_texts(TEXTS)
+    assert not bb.text_prefix_exact and widths == [torch_bb.context_length]
+    assert F.cosine_similarity(ts.states[ts.mask], ref.states[ref.mask]).min() >= 0.999
+
 def test_a_model_on_onnx_runtime_can_be_deep_copied(tiny_pair):
     import copy
 
