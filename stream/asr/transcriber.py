@@ -303,7 +303,10 @@ class StreamingTranscriber:
     def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None, commit: bool = False) -> list[Word]:
         """Words of one pass over `audio` (the buffer's first samples), in media time; `commit`: a
         commit decode (the commit model's decoder when there is one)."""
-        audio, offset, prompt, prefix = self._window(audio)
+        # A commit model times words differently from the pass model (by ~0.1 s), so the words the passes
+        # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
+        second = commit and self._commit_decoder is not None
+        audio, offset, prompt, prefix = self._window(audio, 0.0 if second and self._cfg.context_seconds is None else None)
         words = self._decode_words(audio, prompt, beam_size, prefix, commit)
         # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
         # sentence and the alignment stretches a word over the skipped audio. Decode once more
@@ -321,13 +324,13 @@ class StreamingTranscriber:
             out = [replace(w, start=max(w.start, self._last_end), end=max(w.end, self._last_end)) for w in out]
         return out
 
-    def _window(self, audio: np.ndarray) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
+    def _window(self, audio: np.ndarray, context: Optional[float] = None) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
         """What one pass decodes: (audio, its start time, prompt, prefix). With asr.context_seconds,
         the audio starts up to that long before the buffer, at a committed word, and the committed
         words from there on (before the buffer and in it) are the prefix; the prompt is the committed
         text before them. The stock 30 s path (no short-window decoder) keeps the prompt only."""
         start = self._time(self._buf_start)
-        context = self._cfg.context_seconds
+        context = self._cfg.context_seconds if context is None else context
         if context is None or self._decoder is None or not self._committed:
             return audio, start, self._prompt() or None, None
         # The window holds at most 29 s (Whisper's is 30 s) and only audio the history still has.
