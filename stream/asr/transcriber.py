@@ -303,7 +303,7 @@ class StreamingTranscriber:
     def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None, commit: bool = False) -> list[Word]:
         """Words of one pass over `audio` (the buffer's first samples), in media time; `commit`: a
         commit decode (the commit model's decoder when there is one)."""
-        # A commit model times words differently from the pass model (by ~0.1 s), so the words the passes
+        # A commit model places word boundaries differently from the pass model, so the words the passes
         # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
         second = commit and self._commit_decoder is not None
         audio, offset, prompt, prefix = self._window(audio, 0.0 if second and self._cfg.context_seconds is None else None)
