@@ -145,7 +145,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = child
     value = _parse_scalar(raw)
     # Keys that take names/tags are strings even when they look like numbers or booleans.
-    if parts[-1] in {"pretrained", "model", "stream_name", "token", "checkpoint", "language"} and value is not None:
+    if parts[-1] in {"pretrained", "model", "commit_model", "stream_name", "token", "checkpoint", "language"} and value is not None:
         value = raw
     node[parts[-1]] = value
 

@@ -72,9 +72,11 @@ def make_eval_clips(work: Path, which: str = "eval") -> dict[str, tuple[np.ndarr
 
 
 def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_counter,
-           pass_cost: Optional[float] = None) -> tuple[list[float], str, int]:
-    """(per-word lag in s, final text, passes) for one clip. `pass_cost`: every Whisper decode advances
-    the virtual clock by this many seconds instead of its measured time (deterministic replays)."""
+           pass_cost: Optional[float] = None) -> tuple[list[float], str, dict[str, Any]]:
+    """(per-word lag in s, final text, counts) for one clip; counts: Whisper `passes` (every decode),
+    `commit_passes` (the decodes that commit: at a pause, at the age bound) and `cpu_s` (the process's
+    CPU time in the transcriber: VAD and Whisper). `pass_cost`: every Whisper decode advances the
+    virtual clock by this many seconds instead of its measured time (deterministic replays)."""
     from stream.asr import StreamingTranscriber
     from stream.asr.agreement import join_words
     from stream.sources.audio import SAMPLE_RATE
@@ -82,7 +84,7 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_c
     tr = StreamingTranscriber(model, asr_cfg)
     step = int(PACKET_SECONDS * SAMPLE_RATE)
     packets = [((i + step) / SAMPLE_RATE, audio[i:i + step]) for i in range(0, audio.size, step)]
-    now, k, lags, words = 0.0, 0, [], []
+    now, k, lags, words, cpu = 0.0, 0, [], [], 0.0
 
     def take(updates: list, at: float) -> None:
         for up in updates:
@@ -94,15 +96,18 @@ def replay(model: Any, asr_cfg: Any, audio: np.ndarray, clock: Any = time.perf_c
         while k < len(packets) and packets[k][0] <= now + 1e-9:
             tr.feed(packets[k][1])
             k += 1
-        passes, began = tr.passes, clock()
+        passes, began, cpu_began = tr.passes, clock(), time.process_time()
         updates = tr.process()
+        cpu += time.process_time() - cpu_began
         if tr.passes > passes:
             now += (tr.passes - passes) * pass_cost if pass_cost is not None else clock() - began
         elif k < len(packets):
             now = max(now, packets[k][0])
         take(updates, now)
+    cpu_began = time.process_time()
     take(tr.finish(), now)
-    return lags, join_words(words), tr.passes
+    cpu += time.process_time() - cpu_began
+    return lags, join_words(words), {"passes": tr.passes, "commit_passes": tr.commit_passes, "cpu_s": round(cpu, 3)}
 
 
 def file_mode(model: Any, asr_cfg: Any, audio: np.ndarray) -> str:
@@ -122,6 +127,7 @@ def file_mode(model: Any, asr_cfg: Any, audio: np.ndarray) -> str:
 
 
 def offline(model: Any, audio: np.ndarray) -> str:
+    """The variant's asr.model (not asr.commit_model) on the whole clip, beam 5."""
     segments, _ = model.transcribe(audio, language="en", beam_size=5)
     return " ".join(s.text.strip() for s in segments)
 
@@ -139,6 +145,10 @@ def summarize(rows: list[dict[str, Any]], lags: dict[str, list[float]]) -> dict[
         out[split] = {"clips": len(mine), "lag_p50_ms": _ms(words, 50), "lag_p95_ms": _ms(words, 95),
                       **{f"{m}_wer": round(float(np.mean([r[f"{m}_wer"] for r in mine])), 4)
                          for m in ("live", "file", "offline") if all(f"{m}_wer" in r for r in mine)}}
+        if all("passes" in r for r in mine):  # live: Whisper work per media second
+            media = sum(r["seconds"] for r in mine)
+            out[split].update(passes=sum(r["passes"] for r in mine), commit_passes=sum(r["commit_passes"] for r in mine),
+                              cpu_per_media_s=round(sum(r["cpu_s"] for r in mine) / media, 4))
     return out
 
 
@@ -157,15 +167,16 @@ def run_variant(base: Any, overrides: list[str], clips: dict[str, tuple[np.ndarr
         row: dict[str, Any] = {"clip": name, "split": split, "seconds": round(audio.size / 16000, 1)}
         lags: list[float] = []
         if "live" in modes:
-            lags, text, passes = replay(model, cfg, audio, clock, pass_cost)
+            lags, text, counts = replay(model, cfg, audio, clock, pass_cost)
             row.update(live_wer=round(wer(reference, text), 4), lag_p50_ms=_ms(lags, 50), lag_p95_ms=_ms(lags, 95),
-                       passes=passes, live_text=text)
+                       **counts, live_text=text)
         if "file" in modes:
             row["file_wer"] = round(wer(reference, file_mode(model, cfg, audio)), 4)
         if "offline" in modes:
-            if name not in offline_wer:  # the same for every variant of one model
-                offline_wer[name] = round(wer(reference, offline(model, audio)), 4)
-            row["offline_wer"] = offline_wer[name]
+            key = f"{cfg.model}/{name}"
+            if key not in offline_wer:  # the same for every variant of one model
+                offline_wer[key] = round(wer(reference, offline(model, audio)), 4)
+            row["offline_wer"] = offline_wer[key]
         lags_by_clip[name] = lags
         rows.append(row)
     return {"overrides": overrides, "clips": rows, "summary": summarize(rows, lags_by_clip)}

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from models.config import (  # noqa: F401  (re-exported: the app's config is the model's plus its own)
     FusionConfig,
@@ -63,6 +63,11 @@ class AsrConfig(Section):
     max_buffer_seconds: float = Field(15.0, gt=2, le=28)
     # Encoder window = buffer + this much padding (None: Whisper's full 30 s window every pass).
     encoder_pad_seconds: Optional[float] = Field(3.0, ge=0, le=30)
+    # The Whisper model for the commit decodes only (the decode that commits at a pause, and the one
+    # that commits words reaching max_word_age_seconds): null = asr.model; bundled | multilingual (Whisper
+    # base, in asr.language) | a name or CTranslate2 dir. The frequent agreement passes stay on asr.model.
+    # Needs the short encoder window and a fixed language.
+    commit_model: Optional[str] = None
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     min_silence_ms: int = Field(500, ge=50, le=60_000)
@@ -76,6 +81,20 @@ class AsrConfig(Section):
     def _language(cls, value: Optional[str]) -> Optional[str]:
         value = (value or "auto").strip().lower()
         return None if value == "auto" else value
+
+    @field_validator("commit_model")
+    @classmethod
+    def _commit_model(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("empty: use null (same as asr.model), bundled, multilingual, or a model name or directory")
+        if info.data.get("encoder_pad_seconds", 3.0) is None:
+            raise ValueError("needs the short encoder window: set asr.encoder_pad_seconds (e.g. 3.0) or asr.commit_model=null")
+        if "language" in info.data and info.data["language"] is None:
+            raise ValueError("needs a fixed asr.language (e.g. en), not auto, or asr.commit_model=null")
+        return value
 
     @property
     def auto_language(self) -> bool:

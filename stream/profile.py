@@ -221,6 +221,8 @@ def _batching(runtimes: list[Runtime]) -> dict[str, Any]:
         "clip_image": [rt.engine.images for rt in runtimes],
         "fusion": [rt.engine.fusion for rt in runtimes],
         "asr": [rt.asr_batcher.batcher for rt in runtimes if rt.asr_batcher is not None],
+        "asr_commit": [rt.asr_batcher.commit_batcher for rt in runtimes
+                       if rt.asr_batcher is not None and rt.asr_batcher.commit_batcher is not None],
     }
     out: dict[str, Any] = {}
     for name, batchers in groups.items():

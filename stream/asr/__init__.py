@@ -8,9 +8,9 @@ from .agreement import Word
 from .batching import BatchedPassDecoder, WhisperBatcher
 from .model import load_whisper
 from .pass_decoder import Decoded, PassDecoder, ShortPassDecoder
-from .transcriber import StreamingTranscriber, TranscriptUpdate, short_pass_decoder
+from .transcriber import StreamingTranscriber, TranscriptUpdate, commit_pass_decoder, short_pass_decoder
 
 __all__ = [
     "BatchedPassDecoder", "Decoded", "PassDecoder", "ShortPassDecoder", "StreamingTranscriber",
-    "TranscriptUpdate", "WhisperBatcher", "Word", "load_whisper", "short_pass_decoder",
+    "TranscriptUpdate", "WhisperBatcher", "Word", "commit_pass_decoder", "load_whisper", "short_pass_decoder",
 ]

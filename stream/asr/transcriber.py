@@ -27,6 +27,7 @@ from models.errors import one_line
 from ..config import AsrConfig
 from ..sources.audio import SAMPLE_RATE
 from .agreement import Word, agreement, join_words, normalize, older_than, whole_words
+from .model import load_commit_whisper
 from .pass_decoder import Decoded, DecodedWord, PassDecoder, ShortPassDecoder
 
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep `import stream.asr` cheap
@@ -102,18 +103,33 @@ def short_pass_decoder(model: "WhisperModel", cfg: AsrConfig) -> Optional[ShortP
         return None
 
 
+def commit_pass_decoder(cfg: AsrConfig) -> Optional[ShortPassDecoder]:
+    """The decoder for commit decodes when `asr.commit_model` names a second model (loaded once per
+    process), or None: commits use the pass decoder. Its tokenizer is its own model's (tiny.en's vocabulary
+    is English-only, Whisper base's multilingual); its language is asr.language (fixed: the config checks)."""
+    model = load_commit_whisper(cfg)
+    if model is None:
+        return None
+    return ShortPassDecoder(model, cfg.language, cfg.beam_size, cfg.encoder_pad_seconds or 0.0)
+
+
 # --------------------------------------------------------------------------------- transcriber
 class StreamingTranscriber:
     """Incremental transcript of one stream. `feed` is cheap and thread-safe; `process`/`finish`
     block (run them in an executor thread, one at a time per stream)."""
 
     def __init__(self, model: "WhisperModel", cfg: AsrConfig, t0: float = 0.0,
-                 decoder: Optional[PassDecoder] = None) -> None:
+                 decoder: Optional[PassDecoder] = None, commit_decoder: Optional[PassDecoder] = None) -> None:
         """`decoder`: a shared pass decoder (a ShortPassDecoder, or a BatchedPassDecoder joining other streams'
-        passes); by default one of its own, or faster-whisper's stock path without a short window."""
+        passes); by default one of its own, or faster-whisper's stock path without a short window.
+        `commit_decoder`: what the commit decodes use (at a pause, and for words reaching the age bound)
+        when `asr.commit_model` names a second model; by default one of its own over that shared model."""
         self._model = model
         self._cfg = cfg
         self._decoder = decoder if decoder is not None else short_pass_decoder(model, cfg)
+        if commit_decoder is None and cfg.commit_model is not None:
+            commit_decoder = commit_pass_decoder(cfg)
+        self._commit_decoder = commit_decoder  # None: commits decode with `_decoder`
         self._t0 = t0
         self._lock = threading.Lock()  # feed() may run on the event loop while process() runs
         self._pending: list[np.ndarray] = []
@@ -127,7 +143,8 @@ class StreamingTranscriber:
         self._last_end = t0  # end of the last committed word
         self._hyp: list[Word] = []  # previous pass's uncommitted words (LocalAgreement)
         self._hyp_settled = t0  # words of _hyp ending after this were at that pass's audio edge
-        self.passes = 0
+        self.passes = 0  # every Whisper decode, commit decodes included
+        self.commit_passes = 0  # decodes that commit (at a pause, at the age bound), retries included
         self.retries = 0  # passes decoded again because the first skipped speech
         self.transcribe_seconds = 0.0
         self.vad_seconds = 0.0
@@ -157,6 +174,7 @@ class StreamingTranscriber:
     def stats(self) -> dict[str, float]:
         return {
             "passes": self.passes,
+            "commit_passes": self.commit_passes,
             "retries": self.retries,
             "transcribe_seconds": self.transcribe_seconds,
             "vad_seconds": self.vad_seconds,
@@ -244,7 +262,7 @@ class StreamingTranscriber:
         words: list[Word] = []
         pause = self._time(self._buf_start + end)
         if pause > self._last_end + _TIME_TOL:
-            words = self._new_words(self._transcribe(self._buf[:end], self._cfg.commit_beam_size))
+            words = self._new_words(self._transcribe(self._buf[:end], self._cfg.commit_beam_size, commit=True))
             if not words:  # a failed decode must not lose what the previous pass heard before the pause
                 words = [w for w in self._hyp if w.end <= pause + _TIME_TOL]
         self._hyp = []
@@ -260,9 +278,11 @@ class StreamingTranscriber:
         if self._cfg.max_word_age_seconds is not None:  # bounded lag: old words are final as heard now
             limit = audio_end - self._cfg.max_word_age_seconds
             beam = self._cfg.commit_beam_size
-            if older_than(new, limit) > agreed and beam and beam > self._cfg.beam_size:
-                # Words about to be final without agreement: heard by the commit decode (a beam), as at a pause.
-                new = self._new_words(self._transcribe(self._buf, beam))
+            stronger = self._commit_decoder is not None or (beam and beam > self._cfg.beam_size)
+            if older_than(new, limit) > agreed and stronger:
+                # Words about to be final without agreement: heard by the commit decode (a beam, or the
+                # commit model), as at a pause.
+                new = self._new_words(self._transcribe(self._buf, beam, commit=True))
                 agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
             agreed = max(agreed, older_than(new, limit))
         # Never commit part of a word: "10 o" now and "'clock" later would reach the page apart.
@@ -280,17 +300,21 @@ class StreamingTranscriber:
             updates.append(_update(self._hyp, final=False))
         return updates
 
-    def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None) -> list[Word]:
-        """Words of one pass over `audio` (the buffer's first samples), in media time."""
-        audio, offset, prompt, prefix = self._window(audio)
-        words = self._decode_words(audio, prompt, beam_size, prefix)
+    def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None, commit: bool = False) -> list[Word]:
+        """Words of one pass over `audio` (the buffer's first samples), in media time; `commit`: a
+        commit decode (the commit model's decoder when there is one)."""
+        # A commit model places word boundaries differently from the pass model, so the words the passes
+        # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
+        second = commit and self._commit_decoder is not None
+        audio, offset, prompt, prefix = self._window(audio, 0.0 if second and self._cfg.context_seconds is None else None)
+        words = self._decode_words(audio, prompt, beam_size, prefix, commit)
         # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
         # sentence and the alignment stretches a word over the skipped audio. Decode once more
         # without the prompt and keep whichever leaves less speech uncovered.
         skip = self._cfg.retry_skipped_seconds
         heard = max(0.0, self._last_end - offset)
         if skip is not None and words and _uncovered(words, heard, audio.size / SAMPLE_RATE) > skip:
-            again = self._decode_words(audio, None, beam_size, prefix)
+            again = self._decode_words(audio, None, beam_size, prefix, commit)
             self.retries += 1
             if again and _uncovered(again, heard, audio.size / SAMPLE_RATE) < _uncovered(words, heard, audio.size / SAMPLE_RATE):
                 words = again
@@ -300,13 +324,13 @@ class StreamingTranscriber:
             out = [replace(w, start=max(w.start, self._last_end), end=max(w.end, self._last_end)) for w in out]
         return out
 
-    def _window(self, audio: np.ndarray) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
+    def _window(self, audio: np.ndarray, context: Optional[float] = None) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
         """What one pass decodes: (audio, its start time, prompt, prefix). With asr.context_seconds,
         the audio starts up to that long before the buffer, at a committed word, and the committed
         words from there on (before the buffer and in it) are the prefix; the prompt is the committed
         text before them. The stock 30 s path (no short-window decoder) keeps the prompt only."""
         start = self._time(self._buf_start)
-        context = self._cfg.context_seconds
+        context = self._cfg.context_seconds if context is None else context
         if context is None or self._decoder is None or not self._committed:
             return audio, start, self._prompt() or None, None
         # The window holds at most 29 s (Whisper's is 30 s) and only audio the history still has.
@@ -322,16 +346,18 @@ class StreamingTranscriber:
         return audio, self._time(begin), join_words(self._committed[:first]) or None, join_words(forced)
 
     def _decode_words(self, audio: np.ndarray, prompt: Optional[str], beam_size: Optional[int],
-                      prefix: Optional[str] = None) -> list[DecodedWord]:
+                      prefix: Optional[str] = None, commit: bool = False) -> list[DecodedWord]:
         """One pass: the words of its segments that are not hallucinated, minus a dubious tail."""
         began = time.perf_counter()
-        if self._decoder is not None:
+        decoder = self._commit_decoder if commit and self._commit_decoder is not None else self._decoder
+        if decoder is not None:
             extra = {"prefix": prefix} if prefix else {}  # decoders without a prefix parameter still fit
-            segments = self._decoder.transcribe(audio, prompt, beam_size, **extra)
+            segments = decoder.transcribe(audio, prompt, beam_size, **extra)
         else:
             segments = self._transcribe_full(audio, prompt, beam_size or self._cfg.beam_size)
         self.transcribe_seconds += time.perf_counter() - began
         self.passes += 1
+        self.commit_passes += commit
         segments = [seg for seg in segments if not looks_hallucinated(seg)]
         words = [w for seg in segments for w in (seg.words or []) if normalize(w.word)]
         audio_end = audio.size / SAMPLE_RATE

@@ -108,7 +108,8 @@ class StreamSession:
         self.has_video = has_video
         self.has_audio = has_audio and cfg.asr.enabled and runtime.whisper is not None
         if self.has_audio:
-            transcriber = StreamingTranscriber(runtime.whisper, self.timing.asr_config(), decoder=runtime.pass_decoder())
+            transcriber = StreamingTranscriber(runtime.whisper, self.timing.asr_config(), decoder=runtime.pass_decoder(),
+                                               commit_decoder=runtime.commit_decoder())
             self.audio = AudioBranch(name, transcriber, self.timing.audio_queue(), self.transcript, runtime.asr_executor,
                                      self.stats, self.progress, emit, catch_up=self.timing.catch_up_audio,
                                      on_change=self._on_transcript if self.live else None)
