@@ -68,9 +68,9 @@ def graph_key(cfg: VisionConfig, backbone: ClipBackbone, tower: str, weights: st
         "opset": OPSET,
         "torch": torch.__version__,
         "tower": tower,
-        # text graphs of causal towers take any token count up to the context length (earlier ones: 77 only)
-        "tokens": "prefix" if tower == "text" and backbone.text_prefix_exact else "context",
     }
+    if tower == "text" and backbone.text_prefix_exact:  # any token count up to the context length (earlier: 77 only)
+        parts["tokens"] = "prefix"
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.model)
     return f"{safe}-{tower}-{str(backbone.dtype).removeprefix('torch.')}-op{OPSET}-{digest}"
