@@ -305,47 +305,54 @@ def make_webcam_media(work: Path, seconds: float) -> dict[str, Path]:
             for name, size in WEBCAM_SIZES.items()}
 
 
-def decode_cpu(path: Path, seconds: float) -> dict[str, Any]:
-    """Process CPU seconds to decode `seconds` of a clip (video + audio, no model): as before issue 11
-    (every frame to full-size RGB, single-threaded decoder) and with the frame policy (one decoder
-    thread up to 1080p, only the packets kept frames depend on, the ~2 frames/s the sampler keeps
-    converted straight to 224 px short side)."""
+def decode_before(path: Path, seconds: float) -> int:
+    """Decode `seconds` of a clip as before issue 11: every frame to full-size RGB, single-threaded
+    decoder, audio resampled. Returns the video frames decoded."""
     import av
 
     from models.media import DamagedPackets, decode_packets
+    from stream.sources import AudioResampler
+
+    n = 0
+    with av.open(str(path)) as c:
+        resampler = AudioResampler()
+        for st, frame in decode_packets(c, c.streams.video[0], c.streams.audio[0], damaged=DamagedPackets()):
+            if frame.time is not None and frame.time >= seconds:
+                break
+            if st.type == "video":
+                frame.to_ndarray(format="rgb24")
+                n += 1
+            else:
+                resampler.resample(frame)
+    return n
+
+
+def decode_after(path: Path, seconds: float) -> int:
+    """Decode `seconds` of a clip with the frame policy (`AvSource` + `FramePolicy`: one decoder
+    thread up to 1080p, only the packets kept frames depend on, the ~2 frames/s the sampler keeps
+    converted straight to 224 px short side). Returns the video frames decoded."""
     from models.sampling import FrameSampler
-    from stream.sources import AudioResampler, AvSource, FramePolicy
+    from stream.sources import AvSource, FramePolicy
 
-    def before() -> int:
-        n = 0
-        with av.open(str(path)) as c:
-            resampler = AudioResampler()
-            for st, frame in decode_packets(c, c.streams.video[0], c.streams.audio[0], damaged=DamagedPackets()):
-                if frame.time is not None and frame.time >= seconds:
-                    break
-                if st.type == "video":
-                    frame.to_ndarray(format="rgb24")
-                    n += 1
-                else:
-                    resampler.resample(frame)
-        return n
+    src, n = AvSource(str(path)), 0
+    src.open()
+    try:
+        for item in src.frames(FramePolicy(FrameSampler(2.0), (224, 224))):
+            if item.t >= seconds:
+                break
+            n += hasattr(item, "keep")
+    finally:
+        src.close()
+    return n
 
-    def after() -> int:
-        src, n = AvSource(str(path)), 0
-        src.open()
-        try:
-            for item in src.frames(FramePolicy(FrameSampler(2.0), (224, 224))):
-                if item.t >= seconds:
-                    break
-                n += hasattr(item, "keep")
-        finally:
-            src.close()
-        return n
 
+def decode_cpu(path: Path, seconds: float) -> dict[str, Any]:
+    """Process CPU seconds to decode `seconds` of a clip (video + audio, no model): `decode_before`
+    against `decode_after`."""
     out: dict[str, Any] = {}
-    for name, fn in (("before", before), ("after", after), ("before", before), ("after", after)):
+    for name, fn in (("before", decode_before), ("after", decode_after)) * 2:
         cpu, wall = time.process_time(), time.perf_counter()
-        frames = fn()
+        frames = fn(path, seconds)
         row = out.setdefault(name, {"frames": frames, "cpu_s": [], "wall_s": []})
         row["cpu_s"].append(round(time.process_time() - cpu, 3))
         row["wall_s"].append(round(time.perf_counter() - wall, 3))

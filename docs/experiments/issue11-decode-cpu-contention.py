@@ -19,36 +19,24 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from models.media import DamagedPackets, decode_packets  # noqa: E402
-from models.sampling import FrameSampler  # noqa: E402
-from stream.sources import AudioResampler, AvSource, FramePolicy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+from bench import decode_after, decode_before  # noqa: E402  (the loops `bench.py --webcam` times)
 
 logging.disable(logging.WARNING)
 torch.set_num_threads(1)
-PATH = sys.argv[1]
+PATH = Path(sys.argv[1])
 
 
 def before() -> None:
-    with av.open(PATH) as c:
-        resampler = AudioResampler()
-        for st, frame in decode_packets(c, c.streams.video[0], c.streams.audio[0], damaged=DamagedPackets()):
-            if st.type == "video":
-                frame.to_ndarray(format="rgb24")
-            else:
-                resampler.resample(frame)
+    decode_before(PATH, float("inf"))
 
 
 def after() -> None:
-    src = AvSource(PATH)
-    src.open()
-    for _ in src.frames(FramePolicy(FrameSampler(2.0), (224, 224))):
-        pass
-    src.close()
+    decode_after(PATH, float("inf"))
 
 
 def cpu_of(fn) -> float:
