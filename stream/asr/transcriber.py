@@ -41,6 +41,7 @@ _TIME_TOL = 0.1  # s: words starting this much before the last commit are treate
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
 _SENTENCE_END = (".", "?", "!")
+_MIN_STEP = 0.1  # s of new audio before a commit decode at the age bound (a word it could not commit waits)
 _NO_SPEECH, _SURE_NO_SPEECH, _LOW_LOGPROB = 0.5, 0.7, -0.8  # see looks_hallucinated
 
 # ---------------------------------------------------------------------------------- data types
@@ -207,9 +208,23 @@ class StreamingTranscriber:
     def process(self) -> list[TranscriptUpdate]:
         """Transcribe if >= chunk_seconds of new audio arrived; return finals then a partial."""
         self._drain()
-        if self._buf_end - self._last_pass < self._cfg.chunk_seconds * SAMPLE_RATE:
-            return []
-        return self._step(at_end=False)
+        since = self._buf_end - self._last_pass
+        if since >= self._cfg.chunk_seconds * SAMPLE_RATE:
+            return self._step(at_end=False)
+        if since >= _MIN_STEP * SAMPLE_RATE and self._commit_due():
+            return self._step(at_end=False, commit=True)
+        return []
+
+    def _stronger_commit(self) -> bool:
+        """Whether a commit decode hears better than a pass: the commit model, or a wider beam."""
+        beam = self._cfg.commit_beam_size
+        return self._commit_decoder is not None or bool(beam and beam > self._cfg.beam_size)
+
+    def _commit_due(self) -> bool:
+        """asr.commit_at_age: the oldest word the last pass heard but did not commit reached the age bound."""
+        age = self._cfg.max_word_age_seconds
+        return (self._cfg.commit_at_age and age is not None and bool(self._hyp)
+                and self._time(self._buf_end) - self._hyp[0].end >= age)
 
     def finish(self) -> list[TranscriptUpdate]:
         """End of stream: transcribe what is left and commit all of it."""
@@ -218,7 +233,8 @@ class StreamingTranscriber:
         self._trim_to(self._buf_end)
         return updates
 
-    def _step(self, at_end: bool) -> list[TranscriptUpdate]:
+    def _step(self, at_end: bool, commit: bool = False) -> list[TranscriptUpdate]:
+        """One pass over the buffer (`commit`: the commit decode, as a word reached the age bound)."""
         self._last_pass = self._processed = self._buf_end
         speech = self._speech()
         if not speech:
@@ -234,7 +250,7 @@ class StreamingTranscriber:
             open_speech = [seg for seg in speech if seg[1] > closed[-1][1]]
             if not open_speech or open_speech[-1][1] - open_speech[0][0] < SAMPLE_RATE // 2:
                 return updates
-        return updates + self._agreement_pass()
+        return updates + self._agreement_pass(commit)
 
     def _speech(self) -> list[tuple[int, int]]:
         """Speech segments (sample offsets into the buffer); the whole buffer without VAD."""
@@ -270,16 +286,16 @@ class StreamingTranscriber:
         self._trim_to(self._buf_start + end)
         return [update] if update else []
 
-    def _agreement_pass(self) -> list[TranscriptUpdate]:
-        new = self._new_words(self._transcribe(self._buf))
+    def _agreement_pass(self, commit: bool = False) -> list[TranscriptUpdate]:
+        beam = self._cfg.commit_beam_size
+        commit = commit and self._stronger_commit()
+        new = self._new_words(self._transcribe(self._buf, beam, commit=True) if commit else self._transcribe(self._buf))
         audio_end = self._time(self._buf_end)
         settled = audio_end - self._cfg.settle_seconds
         agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
         if self._cfg.max_word_age_seconds is not None:  # bounded lag: old words are final as heard now
             limit = audio_end - self._cfg.max_word_age_seconds
-            beam = self._cfg.commit_beam_size
-            stronger = self._commit_decoder is not None or (beam and beam > self._cfg.beam_size)
-            if older_than(new, limit) > agreed and stronger:
+            if not commit and older_than(new, limit) > agreed and self._stronger_commit():
                 # Words about to be final without agreement: heard by the commit decode (a beam, or the
                 # commit model), as at a pause.
                 new = self._new_words(self._transcribe(self._buf, beam, commit=True))
@@ -306,7 +322,12 @@ class StreamingTranscriber:
         # A commit model places word boundaries differently from the pass model, so the words the passes
         # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
         second = commit and self._commit_decoder is not None
-        audio, offset, prompt, prefix = self._window(audio, 0.0 if second and self._cfg.context_seconds is None else None)
+        context = None
+        if commit and self._cfg.commit_context_seconds is not None:
+            context = self._cfg.commit_context_seconds
+        elif second and self._cfg.context_seconds is None:
+            context = 0.0
+        audio, offset, prompt, prefix = self._window(audio, context)
         words = self._decode_words(audio, prompt, beam_size, prefix, commit)
         # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
         # sentence and the alignment stretches a word over the skipped audio. Decode once more
@@ -436,8 +457,9 @@ class StreamingTranscriber:
 
     def _trim_to(self, sample: int) -> None:
         cut = min(max(sample - self._buf_start, 0), self._buf.size)
-        if cut and self._cfg.context_seconds is not None:  # kept as the next passes' acoustic context
-            keep = int(self._cfg.context_seconds * SAMPLE_RATE)
+        kept = max(self._cfg.context_seconds or 0.0, self._cfg.commit_context_seconds or 0.0)
+        if cut and kept:  # kept as the next decodes' acoustic context
+            keep = int(kept * SAMPLE_RATE)
             self._history = np.concatenate([self._history, self._buf[:cut]])[-keep:]
         if cut:
             self._buf = self._buf[cut:]
