@@ -247,7 +247,7 @@ class Recording:
 
 
 def test_passes_decode_committed_audio_before_the_buffer_with_its_words_forced():
-    cfg = AsrConfig(vad=False, context_seconds=3.0, max_word_age_seconds=None)
+    cfg = AsrConfig(vad=False, context_seconds=3.0, max_word_age_seconds=None, retry_skipped_seconds=None)
     decoder = Recording()
     tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=decoder)
     tr.feed(np.full(8 * SAMPLE_RATE, 0.1, np.float32))
@@ -454,7 +454,10 @@ def test_no_text_from_silence_noise_or_music(whisper, tmp_path_factory, kind):
     require_tools("sox")
     path = NOT_SPEECH[kind][0](tmp_path_factory.mktemp("not-speech"))
     audio = np.zeros(60 * SAMPLE_RATE, np.float32) if path is None else read_wav(path)[0]
-    run = stream_audio(whisper, AsrConfig(), audio)
+    from stream.config import load_config
+
+    cfg = load_config("configs/default.yaml").asr  # the default policy: its commit decodes on Whisper base
+    run = stream_audio(whisper, cfg, audio)
     assert [u.text for u in run.updates] == []
 
 
@@ -875,6 +878,31 @@ def test_commit_decodes_go_to_the_commit_decoder():
         same.process()
     same.finish()
     assert len(alone.beams) == same.passes and alone.beams.count(cfg.commit_beam_size) == same.commit_passes
+
+
+def test_words_a_pass_heard_still_reach_the_age_bound_when_later_passes_hear_nothing():
+    # Seen with tiny.en on speech in pink noise: after a few passes, every pass decodes to nothing for 2.5 s.
+    # What the last hearing pass heard must still become final at the age bound, not wait (or vanish).
+    class GoesQuiet(ScriptedDecoder):
+        def transcribe(self, audio, prompt, beam_size=None, prefix=None):
+            out = super().transcribe(audio, prompt, beam_size, prefix)
+            return out if len(self.beams) <= 4 else []
+
+    passes = GoesQuiet(agree=False)  # passes never agree: only the age bound commits
+    cfg = AsrConfig(vad=False, max_word_age_seconds=1.2, commit_beam_size=None, retry_skipped_seconds=None)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes)
+    audio = ScriptedModel.audio(12)
+    finals: list[Word] = []
+    lags: list[float] = []
+    for i in range(0, audio.size, SAMPLE_RATE // 10):
+        tr.feed(audio[i:i + SAMPLE_RATE // 10])
+        for u in tr.process():
+            if u.final:
+                finals += u.words
+                lags += [tr.fed_until - w.end for w in u.words]
+    spoken = [int(w.text[1:].split("-")[0]) for w in finals]
+    assert spoken == [0, 1, 2, 3, 4], spoken  # every word the 4th pass heard, once, in order
+    assert max(lags) <= 1.2 + cfg.chunk_seconds + 0.1
 
 
 class CountingDecoder(ShortPassDecoder):

@@ -282,6 +282,8 @@ class StreamingTranscriber:
         agreed = agreement(self._hyp, new, settled, self._hyp_settled, self._cfg.hold_probability)
         if self._cfg.max_word_age_seconds is not None:  # bounded lag: old words are final as heard now
             limit = audio_end - self._cfg.max_word_age_seconds
+            if not new and self._hyp:  # a pass that heard nothing over speech: the previous pass's words still age
+                new, settled = self._hyp, self._hyp_settled
             if older_than(new, limit) > agreed and self._stronger_commit():
                 # Words about to be final without agreement: heard by the commit decode (a beam, or the
                 # commit model), as at a pause. One that heard nothing must not drop what the pass heard.
@@ -323,8 +325,8 @@ class StreamingTranscriber:
         # jumps to a later sentence and the alignment stretches a word over the skipped audio. Decode the
         # buffer once more alone (no prompt, no prefix) and keep whichever leaves less speech uncovered.
         skip = self._cfg.retry_skipped_seconds
-        # (A commit decode that heard nothing at all is decoded again too: what it commits is final.)
-        if skip is not None and (prompt or prefix) and (words or commit) and self._unheard(words, offset, audio) > skip:
+        # A decode that heard nothing at all over that much speech (the prompt silenced it) is decoded again too.
+        if skip is not None and (prompt or prefix) and self._unheard(words, offset, audio) > skip:
             again = self._decode_words(buffer, None, beam_size, None, commit)
             self.retries += 1
             if again and self._unheard(again, start, buffer) < self._unheard(words, offset, audio):
