@@ -38,8 +38,9 @@ class AsrConfig(Section):
     # The decode that commits everything before a pause (rare: once per utterance); null: beam_size.
     # Tuning half of scripts/asr_replay.py: file-mode WER 0.255 -> 0.174 with the retry below, live unchanged.
     commit_beam_size: Optional[int] = Field(5, ge=1, le=10)
-    # A pass that leaves this much of the uncommitted speech unheard (a word stretched over it, or
-    # nothing before/after) skipped it: decode it again without the committed-text prompt (null: never).
+    # A decode that leaves this much of the uncommitted speech unheard (a word stretched over it, nothing
+    # before/after, or no word at all) skipped it: decode the buffer again alone, without the committed-text
+    # prompt, forced prefix or context audio, and keep the decode that heard more (null: never).
     retry_skipped_seconds: Optional[float] = Field(1.5, gt=0, le=30)
     chunk_seconds: float = Field(0.5, gt=0, le=30)  # live: a Whisper pass per this much new audio
     # Files (not live) need no low latency: a longer step means fewer passes (each costs a
@@ -61,6 +62,7 @@ class AsrConfig(Section):
     # prompt only). Short encoder window only (encoder_pad_seconds set, a fixed language).
     context_seconds: Optional[float] = Field(None, gt=0, le=10)
     # The same for the commit decodes only (at a pause, at the age bound); null: as context_seconds.
+    # configs/default.yaml: 2 s with commit_model multilingual (issue 17, sixth round in docs/benchmarks.md).
     commit_context_seconds: Optional[float] = Field(None, ge=0, le=10)
     max_buffer_seconds: float = Field(15.0, gt=2, le=28)
     # Encoder window = buffer + this much padding (None: Whisper's full 30 s window every pass).
