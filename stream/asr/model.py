@@ -126,7 +126,7 @@ def load_commit_whisper(cfg: AsrConfig) -> Optional["WhisperModel"]:
         return None
     if cfg.commit_model == MULTILINGUAL and not multilingual_installed():  # the default config's: not fatal
         _warn_once(f"asr.commit_model={MULTILINGUAL}: the multilingual extra is not installed, so commit decodes use "
-                   f"asr.model={cfg.model} (live transcripts ~25% more word errors); "
+                   f"asr.model={cfg.model} (less accurate live transcripts); "
                    "pip install 'sentistream[multilingual]' or --set asr.commit_model=null to silence this")
         return None
     return load_whisper(cfg.model_copy(update={"model": cfg.commit_model}), key="asr.commit_model")
