@@ -339,13 +339,8 @@ def test_a_commit_decode_that_skipped_speech_after_its_prefix_is_decoded_again_a
     assert [w.start for u in updates for w in u.words] == pytest.approx([6.0, 6.4, 6.8, 7.2])
 
 
-def test_an_age_bound_commit_decode_that_hears_nothing_keeps_what_the_pass_heard():
-    # Passes that never agree, and a commit decoder that hears nothing: the words reaching the age bound
-    # are final as the pass heard them, on time, instead of being lost until the end of the stream.
-    passes = ScriptedDecoder(agree=False)
-    cfg = AsrConfig(vad=False, max_buffer_seconds=8.0, max_word_age_seconds=1.2)
-    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes, commit_decoder=Recording())
-    audio = ScriptedModel.audio(20)
+def live_finals(tr: StreamingTranscriber, audio: np.ndarray) -> tuple[list[Word], list[float]]:
+    """Feed 0.1 s at a time, as a live source would; the finals before finish() and each word's lag then."""
     finals: list[Word] = []
     lags: list[float] = []
     for i in range(0, audio.size, SAMPLE_RATE // 10):
@@ -354,6 +349,17 @@ def test_an_age_bound_commit_decode_that_hears_nothing_keeps_what_the_pass_heard
             if u.final:
                 finals += u.words
                 lags += [tr.fed_until - w.end for w in u.words]
+    return finals, lags
+
+
+def test_an_age_bound_commit_decode_that_hears_nothing_keeps_what_the_pass_heard():
+    # Passes that never agree, and a commit decoder that hears nothing: the words reaching the age bound
+    # are final as the pass heard them, on time, instead of being lost until the end of the stream.
+    passes = ScriptedDecoder(agree=False)
+    cfg = AsrConfig(vad=False, max_buffer_seconds=8.0, max_word_age_seconds=1.2)
+    tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes, commit_decoder=Recording())
+    audio = ScriptedModel.audio(20)
+    finals, lags = live_finals(tr, audio)
     assert tr.commit_passes > 5
     spoken = [int(w.text[1:].split("-")[0]) for w in finals]
     assert spoken == list(range(len(spoken))) and len(spoken) >= 15, spoken  # in order, once each
@@ -892,14 +898,7 @@ def test_words_a_pass_heard_still_reach_the_age_bound_when_later_passes_hear_not
     cfg = AsrConfig(vad=False, max_word_age_seconds=1.2, commit_beam_size=None, retry_skipped_seconds=None)
     tr = StreamingTranscriber(ScriptedModel(), cfg, decoder=passes)
     audio = ScriptedModel.audio(12)
-    finals: list[Word] = []
-    lags: list[float] = []
-    for i in range(0, audio.size, SAMPLE_RATE // 10):
-        tr.feed(audio[i:i + SAMPLE_RATE // 10])
-        for u in tr.process():
-            if u.final:
-                finals += u.words
-                lags += [tr.fed_until - w.end for w in u.words]
+    finals, lags = live_finals(tr, audio)
     spoken = [int(w.text[1:].split("-")[0]) for w in finals]
     assert spoken == [0, 1, 2, 3, 4], spoken  # every word the 4th pass heard, once, in order
     assert max(lags) <= 1.2 + cfg.chunk_seconds + 0.1
