@@ -310,13 +310,12 @@ class StreamingTranscriber:
     def _transcribe(self, audio: np.ndarray, beam_size: Optional[int] = None, commit: bool = False) -> list[Word]:
         """Words of one pass over `audio` (the buffer's first samples), in media time; `commit`: a
         commit decode (the commit model's decoder when there is one)."""
-        # A commit model places word boundaries differently from the pass model, so the words the passes
-        # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
-        second = commit and self._commit_decoder is not None
-        context = None
+        context = self._cfg.context_seconds
         if commit and self._cfg.commit_context_seconds is not None:
             context = self._cfg.commit_context_seconds
-        elif second and self._cfg.context_seconds is None:
+        elif commit and self._commit_decoder is not None and context is None:
+            # A commit model places word boundaries differently from the pass model, so the words the passes
+            # committed inside the buffer are forced as its prefix: what it returns is what comes after them.
             context = 0.0
         buffer, start = audio, self._time(self._buf_start)
         audio, offset, prompt, prefix = self._window(buffer, context)
@@ -341,13 +340,12 @@ class StreamingTranscriber:
         """Longest stretch of the not yet committed audio that a decode of `audio` (starting at `offset`) skipped."""
         return _uncovered(words, max(0.0, self._last_end - offset), audio.size / SAMPLE_RATE)
 
-    def _window(self, audio: np.ndarray, context: Optional[float] = None) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
-        """What one pass decodes: (audio, its start time, prompt, prefix). With asr.context_seconds,
+    def _window(self, audio: np.ndarray, context: Optional[float]) -> tuple[np.ndarray, float, Optional[str], Optional[str]]:
+        """What one decode hears: (audio, its start time, prompt, prefix). With `context` seconds (None: none),
         the audio starts up to that long before the buffer, at a committed word, and the committed
         words from there on (before the buffer and in it) are the prefix; the prompt is the committed
         text before them. The stock 30 s path (no short-window decoder) keeps the prompt only."""
         start = self._time(self._buf_start)
-        context = self._cfg.context_seconds if context is None else context
         if context is None or self._decoder is None or not self._committed:
             return audio, start, self._prompt() or None, None
         # The window holds at most 29 s (Whisper's is 30 s) and only audio the history still has.
