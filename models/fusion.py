@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 
 from .config import FusionConfig
 from .errors import ConfigError
+from .experts import EXPERTS
 from .prompts import LABELS
 from .uncertainty import HEADS, combine, head_weights
 
@@ -29,21 +31,27 @@ class FusionInputs:
     text: torch.Tensor  # (B, Tw, d) CLIP text token states
     text_mask: torch.Tensor  # (B, Tw) bool, all False when there is no transcript
     text_pool: torch.Tensor  # (B,) the text tower's pooling position (CLIP: EOT, SigLIP: last)
+    # The experts' probabilities (B, len(EXPERTS), 3) and which of them had evidence (B, len(EXPERTS));
+    # None: no expert ran (as if every mask were False).
+    experts: Optional[torch.Tensor] = None
+    experts_mask: Optional[torch.Tensor] = None
 
 
 @dataclass
 class FusionOutput:
-    logits: torch.Tensor  # (B, 3 heads, 3 classes)
-    head_probs: torch.Tensor  # (B, 3, 3)
-    available: torch.Tensor  # (B, 3) bool
-    weights: torch.Tensor  # (B, 3) head weights, sum 1 over available heads
+    logits: torch.Tensor  # (B, H heads, 3 classes): image, text, fused, then the experts (their log-probs)
+    head_probs: torch.Tensor  # (B, H, 3)
+    available: torch.Tensor  # (B, H) bool
+    weights: torch.Tensor  # (B, H) head weights, sum 1 over available heads
     probs: torch.Tensor  # (B, 3) final class distribution
 
     @property
     def modality_weights(self) -> torch.Tensor:
-        """(B, 2) image/text weight: each takes its own head plus half of the fused head."""
+        """(B, 2 + experts) image/text weight (each takes its own head plus half of the fused head),
+        then each expert's own."""
         w = self.weights
-        return torch.stack([w[:, IMAGE] + w[:, FUSED] / 2, w[:, TEXT] + w[:, FUSED] / 2], dim=-1)
+        half_fused = w[:, FUSED:FUSED + 1] / 2
+        return torch.cat([w[:, IMAGE:IMAGE + 1] + half_fused, w[:, TEXT:TEXT + 1] + half_fused, w[:, FUSED + 1:]], dim=-1)
 
 
 class GatedCrossAttention(nn.Module):
@@ -117,7 +125,10 @@ class ClipCaMsa(nn.Module):
         self.image_head = nn.Linear(dim, len(LABELS))
         self.text_head = nn.Linear(dim, len(LABELS))
         self.fused_head = nn.Linear(2 * dim, len(LABELS))
-        self.log_vars = nn.Parameter(torch.zeros(len(HEADS)))  # s_m = log sigma_m^2
+        self.log_vars = nn.Parameter(torch.zeros(len(HEADS)))  # s_m = log sigma_m^2 of the CLIP heads
+        self.expert_log_vars = nn.Parameter(torch.zeros(len(EXPERTS)))  # ... and of the experts' heads
+        # False: the CLIP heads never weigh in (random CLIP weights: their features carry no sentiment).
+        self.clip_heads = True
         self.init_zero_shot(prompt_embeddings, logit_scale, logit_bias)
 
     @torch.no_grad()
@@ -148,7 +159,21 @@ class ClipCaMsa(nn.Module):
             dim=1,
         )
         has_image, has_text = v_mask.any(1), w_mask.any(1)
-        available = torch.stack([has_image, has_text, has_image & has_text], dim=1)
+        available = torch.stack([has_image, has_text, has_image & has_text], dim=1) & self.clip_heads
         head_probs = logits.softmax(-1)
-        weights = head_weights(head_probs, self.log_vars, available, self.cfg.uncertainty)
+        if x.experts is not None and x.experts_mask is not None:
+            e = x.experts.to(logits.dtype).clamp_min(1e-6)
+            e = e / e.sum(-1, keepdim=True)
+            e_mask = x.experts_mask.clone()
+            if self.cfg.modalities != "both":  # single-modality ablations: the other modality's expert is out too
+                e_mask[:, EXPERTS.index("expression" if self.cfg.modalities == "text" else "lexicon")] = False
+            logits = torch.cat([logits, e.log()], dim=1)
+            head_probs = torch.cat([head_probs, e], dim=1)
+            available = torch.cat([available, e_mask], dim=1)
+        weights = head_weights(head_probs, self.head_log_vars[: head_probs.shape[1]], available, self.cfg.uncertainty)
         return FusionOutput(logits, head_probs, available, weights, combine(head_probs, weights))
+
+    @property
+    def head_log_vars(self) -> torch.Tensor:
+        """(3 + experts,) log-variances of every head, in head order."""
+        return torch.cat([self.log_vars, self.expert_log_vars])

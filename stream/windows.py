@@ -75,6 +75,16 @@ class TranscriptWindow:
         start = end - self.seconds
         return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
+    def utterance(self, end: float, gap: float) -> tuple[str, int]:
+        """The latest utterance in the window at `end`: its words after the last pause of at least `gap`
+        seconds between two words (partial ones included), joined, and their count."""
+        words = self.words(end)
+        start = len(words)
+        while start > 0 and (start == len(words) or words[start].start - words[start - 1].end < gap):
+            start -= 1
+        last = words[start:]
+        return join_words(last), len(last)
+
     def text(self, end: float, partial: bool = True) -> tuple[str, int]:
         """Text of the words in (end - seconds, end] (joined as Whisper spelled them) and their count;
         `partial=False`: final words only."""

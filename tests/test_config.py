@@ -200,7 +200,7 @@ def test_unknown_key_names_the_dotted_key_and_its_sections_keys(tmp_path):
     assert str(err.value) == "unknown config key 'window.hopp' (allowed in window: seconds, max_frames, hop, max_text_tokens)"
     with pytest.raises(ConfigError) as err:
         load_config(None, ["foo.bar=1"])
-    assert "'foo.bar'" in str(err.value) and "allowed sections: vision, model, window" in str(err.value)
+    assert "'foo.bar'" in str(err.value) and "allowed sections: vision, model, experts, window" in str(err.value)
     p = tmp_path / "c.yaml"
     p.write_text("asr:\n  beam: 2\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'asr\.beam' \(allowed in asr: enabled, model, .*beam_size"):

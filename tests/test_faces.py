@@ -7,8 +7,10 @@ import asyncio
 import cv2
 import numpy as np
 import pytest
+import torch
 from prometheus_client import REGISTRY
 
+from models.inference import WindowInput
 from scripts.media import GALLERY_TILE, GALLERY_TILES, gallery_frame, gallery_tile_of, make_gallery_video
 from stream.engine import ModelEngine
 from stream.runtime import Runtime
@@ -181,7 +183,7 @@ async def test_faces_max_keeps_the_largest(tiny_model, tiny_cfg):
         faces = FaceAnalyzer(cfg, engine, 8.0, 40, LatencyStats())
         for t in (0.0, 0.5):
             await asyncio.gather(*await faces.prepare([VideoFrame(t, img, 0.0)]))
-        views = faces.views(0.5, "", 0)
+        views = faces.views(0.5, WindowInput(torch.zeros(0, 64), torch.zeros(0)))
         assert len(views) == 2 and faces.detector.detect(img).shape[0] == 4
         widths = sorted(b[2] for b in faces.detector.detect(img).tolist())
         assert sorted(v.bbox[2] for v in views) == pytest.approx(widths[-2:], abs=3)
@@ -204,7 +206,7 @@ def _iou(a, b) -> float:
 def test_large_frames_are_scanned_scaled_down_with_boxes_in_source_pixels():
     """A 1280x720 frame (the gallery at 1.5x, faces ~68 px) scanned at 800 px finds the same faces as
     the full-size scan, boxes in the frame's own pixels."""
-    from stream.faces.detector import HaarFaceDetector
+    from models.face_detector import HaarFaceDetector
 
     frame = np.full((720, 1280, 3), 80, np.uint8)
     frame[:, 160:1120] = cv2.resize(gallery_frame(4.5, SECONDS), (960, 720), interpolation=cv2.INTER_LINEAR)

@@ -3,8 +3,9 @@
 The backbone is frozen, so every epoch would recompute identical CLIP features; caching them makes
 training a matter of seconds on a CPU. One safetensors file per data set holds, padded over samples:
 image features (N, Tv, d) + frame ages + mask, text token states (N, Tw, d) + mask + EOT index,
-and the zero-shot prompt embeddings / logit scale / logit bias the fusion heads start from (so training and
-evaluation never need the backbone again once the cache exists).
+the zero-shot prompt embeddings / logit scale / logit bias the fusion heads start from (so training and
+evaluation never need the backbone again once the cache exists), and the experts' readings (experts.text
+on the sample's text, experts.face on the largest face of each frame) with their evidence mask.
 
 Video samples are framed like the live pipeline frames a stream: frames kept by the same
 `FrameSampler` at `sampler.fps`, then at most `train.frames_per_video` evenly spaced ones; a
@@ -31,16 +32,19 @@ from tqdm import tqdm
 from ..backbone import Backbone, create_backbone, resolve_device, resolve_dtype, weights_fingerprint
 from ..config import ModelConfig
 from ..errors import UserError, one_line
+from ..experts import EXPERTS, EXPRESSION_MARGIN, create_face_expert, create_text_expert
+from ..experts.expression import emotion_sentiment
+from ..face_detector import HaarFaceDetector, crop_box
 from ..factory import ZeroShot, prompt_embeddings
 from ..fusion import FusionInputs
 from ..media import DamagedPackets, decode_packets, media_t0
-from ..prompts import label_index
+from ..prompts import LABELS, label_index
 from ..sampling import FrameSampler
 from .data import Dataset, Sample
 
 log = logging.getLogger(__name__)
 
-FORMAT = "sentistream-features/2"  # 2: resize with the tower's own interpolation (bicubic for CLIP)
+FORMAT = "sentistream-features/3"  # 2: resize with the tower's own interpolation (bicubic for CLIP); 3: experts' readings
 _IMAGE_BATCH = 64  # frames per CLIP image forward
 _TEXT_BATCH = 64
 
@@ -62,6 +66,8 @@ class FeatureSet:
     prompt_embeddings: torch.Tensor  # (3, d)
     logit_scale: float
     logit_bias: float = 0.0
+    experts: Optional[torch.Tensor] = None  # (N, len(EXPERTS), 3) the experts' readings
+    experts_mask: Optional[torch.Tensor] = None  # (N, len(EXPERTS)) bool: the expert had evidence
 
     @property
     def embed_dim(self) -> int:
@@ -83,6 +89,8 @@ class FeatureSet:
             text=self.text[idx].to(device, torch.float32),
             text_mask=self.text_mask[idx].to(device),
             text_pool=self.text_pool[idx].to(device),
+            experts=None if self.experts is None else self.experts[idx].to(device),
+            experts_mask=None if self.experts_mask is None else self.experts_mask[idx].to(device),
         )
 
 
@@ -106,6 +114,7 @@ def feature_key(cfg: ModelConfig, dataset: Dataset, dtype: torch.dtype) -> str:
         "vision": {"model": cfg.vision.model, "pretrained": cfg.vision.pretrained, "arch": cfg.vision.arch, "dtype": str(dtype),
                    "files": weights_fingerprint(cfg.vision)},
         "sampling": {"fps": cfg.sampler.fps, "frames_per_video": cfg.train.frames_per_video, "max_text_tokens": cfg.window.max_text_tokens},
+        "experts": {"text": cfg.experts.text, "face": cfg.experts.face},
     }
     h.update(json.dumps(spec, sort_keys=True).encode())
     for s in dataset.samples:
@@ -137,6 +146,7 @@ def _load_cache(path: Path, dataset: Dataset, key: str) -> Optional[FeatureSet]:
         text=tensors["text"], text_mask=tensors["text_mask"], text_pool=tensors["text_pool"],
         prompt_embeddings=tensors["prompt_embeddings"], logit_scale=float(tensors["logit_scale"].item()),
         logit_bias=float(tensors["logit_bias"].item()) if "logit_bias" in tensors else 0.0,
+        experts=tensors["experts"], experts_mask=tensors["experts_mask"],
     )
 
 
@@ -237,6 +247,38 @@ def _encode_images(backbone: Backbone, dataset: Dataset, cfg: ModelConfig, progr
     return {"image": image, "image_mask": mask, "image_age": age}
 
 
+def _expert_readings(cfg: ModelConfig, dataset: Dataset, progress: bool) -> dict[str, torch.Tensor]:
+    """The experts' readings of every sample, as the live pipeline's: the text expert on the sample's
+    text (n = words), the face expert on the largest face of each sampled frame (n = frames with a face)."""
+    device = str(resolve_device(cfg.vision.device))
+    text_expert, face_expert = create_text_expert(cfg.experts.text, device), create_face_expert(cfg.experts.face, device)
+    n = len(dataset.samples)
+    probs = torch.full((n, len(EXPERTS), len(LABELS)), 1.0 / len(LABELS))
+    mask = torch.zeros(n, len(EXPERTS), dtype=torch.bool)
+    if text_expert is not None:
+        rows = [i for i, s in enumerate(dataset.samples) if s.text.strip()]
+        for start in range(0, len(rows), _TEXT_BATCH):
+            chunk = rows[start : start + _TEXT_BATCH]
+            probs[chunk, EXPERTS.index("lexicon")] = torch.from_numpy(text_expert.predict([dataset.samples[i].text for i in chunk])).float()
+            mask[chunk, EXPERTS.index("lexicon")] = True
+    if face_expert is not None:
+        detector = HaarFaceDetector(min_size_px=40, max_side=800)
+        j = EXPERTS.index("expression")
+        for i, sample in enumerate(tqdm(dataset.samples, desc="face expressions", unit="sample", disable=not progress)):
+            crops = []
+            for frame in _sample_frames(sample, cfg)[0]:
+                boxes = detector.detect(frame)
+                if len(boxes):
+                    x0, y0, x1, y1 = crop_box(tuple(boxes[0]), EXPRESSION_MARGIN, frame.shape[1], frame.shape[0])
+                    crops.append(frame[y0:y1, x0:x1])
+            if crops:
+                sentiment = (emotion_sentiment(face_expert.predict(crops)) if face_expert.classes == "emotions"
+                             else face_expert.sentiment(crops))
+                probs[i, j] = torch.from_numpy(np.asarray(sentiment, np.float32).mean(0))
+                mask[i, j] = True
+    return {"experts": probs, "experts_mask": mask}
+
+
 def _encode_texts(backbone: Backbone, dataset: Dataset, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     texts = [s.text for s in dataset.samples]
     tokens = backbone.tokenize(texts, cfg.window.max_text_tokens)
@@ -266,7 +308,8 @@ def load_features(cfg: ModelConfig, dataset: Dataset, *, backbone: Optional[Back
             log.info("features from cache %s", path)
             return cached
     backbone = backbone or create_backbone(cfg.vision)
-    tensors = {**_encode_images(backbone, dataset, cfg, progress), **_encode_texts(backbone, dataset, cfg, progress)}
+    tensors = {**_encode_images(backbone, dataset, cfg, progress), **_encode_texts(backbone, dataset, cfg, progress),
+               **_expert_readings(cfg, dataset, progress)}
     tensors["prompt_embeddings"] = prompt_embeddings(backbone).float().cpu()
     tensors["logit_scale"] = torch.tensor([backbone.logit_scale], dtype=torch.float32)
     tensors["logit_bias"] = torch.tensor([backbone.logit_bias or 0.0], dtype=torch.float32)

@@ -164,7 +164,7 @@ def _train_epoch(fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Featur
     for batch in order.split(cfg.train.batch_size):
         y = features.labels[batch].to(device)
         out = fusion(features.inputs(batch, device))
-        loss, _ = uncertainty_loss(out.logits, y, out.available, fusion.log_vars, cfg.model.uncertainty)
+        loss, _ = uncertainty_loss(out.logits, y, out.available, fusion.head_log_vars[: out.logits.shape[1]], cfg.model.uncertainty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(fusion.parameters(), _GRAD_CLIP)
@@ -233,7 +233,7 @@ def _run(out: Path, fusion: ClipCaMsa, opt: torch.optim.Optimizer, features: Fea
         row: dict[str, Any] = {"epoch": state.epoch, **_train_epoch(fusion, opt, features, train_idx, cfg, state.epoch, device)}
         valid, _ = _split_scores(fusion, features, valid_idx, device)
         row.update({f"valid_{k}": v for k, v in valid.items()})
-        row.update(log_vars=[round(float(v), 5) for v in fusion.log_vars.detach().cpu()], seconds=round(time.perf_counter() - started, 4))
+        row.update(log_vars=[round(float(v), 5) for v in fusion.head_log_vars.detach().cpu()], seconds=round(time.perf_counter() - started, 4))
         if state.improved(valid["weighted_f1"], valid["nll"]):
             state.best_epoch, state.best_f1, state.best_nll, state.bad_epochs = state.epoch, valid["weighted_f1"], valid["nll"], 0
             best = {k: v.detach().clone() for k, v in fusion.state_dict().items()}

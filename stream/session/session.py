@@ -100,7 +100,8 @@ class StreamSession:
             if max_age is not None:
                 self.governor = RateGovernor(self.sampler, cfg.sampler.fps, cfg.pipeline.min_sampler_fps)
             if cfg.faces.enabled:
-                self.faces = FaceAnalyzer(cfg.faces, runtime.engine, cfg.window.seconds, cfg.window.max_frames, self.stats)
+                self.faces = FaceAnalyzer(cfg.faces, runtime.engine, cfg.window.seconds, cfg.window.max_frames, self.stats,
+                                          expression=runtime.engine.model.face_expert)
             self.video = VideoBranch(runtime.engine, self.sampler, self.timing.video_queue(), self.frames,
                                      self.progress, forward_skipped=self.timing.forward_skipped_frames,
                                      max_batch=cfg.engine.max_batch, max_age_s=max_age, governor=self.governor,
@@ -202,12 +203,16 @@ class StreamSession:
     async def estimate(self, end: float) -> None:
         snap = self.frames.snapshot(end)
         text, n_words = self._ready_text(*self.text.at(end))
-        window = WindowInput(snap.features, snap.ages, text, n_words)
+        utterance, n_utterance = self.transcript.utterance(end, self.cfg.experts.utterance_gap_seconds)
+        window = WindowInput(snap.features, snap.ages, text, n_words, utterance, n_utterance)
         tick = time.perf_counter()
         if self.faces is None:
             est = await self.rt.engine.estimate(window, self.cfg.window.max_text_tokens)
         else:
-            views = self.faces.views(end, text, n_words)
+            expression = self.faces.frame_expression(end)
+            if expression is not None:
+                window.experts["expression"] = expression
+            views = self.faces.views(end, window)
             # Every face's window goes to fusion with the whole frame's: one batch, same transcript.
             est, *face_ests = await asyncio.gather(*(self.rt.engine.estimate(w, self.cfg.window.max_text_tokens)
                                                      for w in (window, *(v.window for v in views))))

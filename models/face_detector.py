@@ -48,3 +48,11 @@ class HaarFaceDetector:
         found = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(m, m))
         boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4) / scale
         return boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")]
+
+
+def crop_box(box: tuple[float, float, float, float], margin: float, width: int, height: int) -> tuple[int, int, int, int]:
+    """The bbox grown by `margin` of its size on each side, clipped to the frame: x0, y0, x1, y1."""
+    x, y, w, h = box
+    x0, y0 = max(0, int(round(x - margin * w))), max(0, int(round(y - margin * h)))
+    x1, y1 = min(width, int(round(x + w + margin * w))), min(height, int(round(y + h + margin * h)))
+    return x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)
