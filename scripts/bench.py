@@ -9,11 +9,11 @@
 3. streaming transcript (LocalAgreement through the real pipeline, paced) vs offline
    `model.transcribe` of the whole file with the same Whisper model: WER and per-word lag.
 
-    .venv/bin/python scripts/bench.py --json docs/bench-cpu.json        # CPU, ViT-B-32 random weights
+    .venv/bin/python scripts/bench.py --json docs/results/bench-cpu.json        # CPU, ViT-B-32 random weights
     .venv/bin/python scripts/bench.py --quick --config configs/tiny-test.yaml --json /tmp/bench.json
-    .venv/bin/python scripts/bench.py --cuda --json docs/bench-gpu.json # GPU: configs/gpu.yaml, fp16,
+    .venv/bin/python scripts/bench.py --cuda --json docs/results/bench-gpu.json # GPU: configs/gpu.yaml, fp16,
         # plus streams per GPU (paced 5 frames/s streams added until frame_to_estimate p95 > 200 ms)
-    .venv/bin/python scripts/bench.py --webcam --json docs/bench-webcam.json  # issue 11: webcam-like
+    .venv/bin/python scripts/bench.py --webcam --json docs/results/bench-webcam.json  # webcam-like
         # 640x480 / 1280x720 @ 30 fps clips: decode CPU before/after, file speed, 2 and 4 paced 640x480
         # streams, 1 paced 720p stream, 4 streams for --drift-minutes (default 10)
 

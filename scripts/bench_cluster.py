@@ -2,7 +2,7 @@
 offer (p50/p95 ms of POST /offer vs plain `serve`), and frame->estimate p95 of 2 paced (realtime)
 file streams on 1 vs 2 Analyzer replicas (`run --ray` placement).
 
-    python scripts/bench_cluster.py --json docs/bench-cluster.json            # tiny CLIP (fast)
+    python scripts/bench_cluster.py --json docs/results/bench-cluster.json            # tiny CLIP (fast)
     python scripts/bench_cluster.py --config configs/default.yaml --set vision.pretrained=random --json OUT
 
 Starts a local Ray with every CPU (or --cpus); replicas get cpus/2 each. Note the machine load:

@@ -1,7 +1,7 @@
 """frame -> estimate p95 for one paced 640x480 gallery-view stream with 0, 2 and 4 faces (and with
 faces.enabled=false), through `sentistream profile --realtime`; default config, random CLIP weights.
 
-    python scripts/bench_faces.py [--seconds 20] [--out docs/bench-faces.json]
+    python scripts/bench_faces.py [--seconds 20] [--out docs/results/bench-faces.json]
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ interpreter (its own peak RSS), with `--threads` intra-op threads (default 1, as
 uint8 frames through the backbone's own path (preprocess on tensors + image tower) at batch 1
 and 4, text cost of one 24-word transcript, load time and peak RSS.
 
-    .venv/bin/python scripts/bench_presets.py --json docs/bench-presets.json            # towers (~3 min)
-    .venv/bin/python scripts/bench_presets.py --full --json docs/bench-presets-full.json  # + pipeline
+    .venv/bin/python scripts/bench_presets.py --json docs/results/bench-presets.json            # towers (~3 min)
+    .venv/bin/python scripts/bench_presets.py --full --json docs/results/bench-presets-full.json  # + pipeline
 
 `--full` adds, per preset, the real pipeline on a generated 640x480 @ 30 fps clip with speech
 (espeak-ng + ffmpeg, 43 s): `sentistream profile` as fast as possible (file speed = realtime

@@ -11,7 +11,7 @@ and timed at batch 1, 1 thread:
 - dyn-int8-per-channel-w: the same with per-channel weight scales;
 - nbits8-bB-acc4: MatMulNBits 8-bit weights with int8 compute in blocks of B (activations quantised per block).
 
-    .venv/bin/python scripts/int8_outliers.py --json docs/int8-outliers.json
+    .venv/bin/python scripts/int8_outliers.py --json docs/results/int8-outliers.json
 """
 from __future__ import annotations
 

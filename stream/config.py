@@ -62,7 +62,7 @@ class AsrConfig(Section):
     # prompt only). Short encoder window only (encoder_pad_seconds set, a fixed language).
     context_seconds: Optional[float] = Field(None, gt=0, le=10)
     # The same for the commit decodes only (at a pause, at the age bound); null: as context_seconds.
-    # configs/default.yaml: 2 s with commit_model multilingual (issue 17, sixth round in docs/benchmarks.md).
+    # configs/default.yaml: 2 s with commit_model multilingual (docs/benchmarks.md, "Transcription").
     commit_context_seconds: Optional[float] = Field(None, ge=0, le=10)
     max_buffer_seconds: float = Field(15.0, gt=2, le=28)
     # Encoder window = buffer + this much padding (None: Whisper's full 30 s window every pass).
@@ -193,7 +193,7 @@ class FacesConfig(Section):
     min_size_px: int = Field(40, ge=16, le=1024)  # smaller faces (in source pixels) are ignored
     # Frames larger than this (longer side, px) are scanned for faces scaled down to it (0: full size):
     # 720p in ~0.6x the time. The cascade finds faces reliably from ~40 px at the scan scale (~64 px
-    # in 720p, ~96 px in 1080p; at 640 it missed 68 px faces in 720p): see docs/benchmarks.md.
+    # in 720p, ~96 px in 1080p; at 640 it missed 68 px faces in 720p): see docs/faces.md.
     detect_max_side: int = Field(800, ge=0, le=16384)
     margin: float = Field(0.25, ge=0, le=1)  # crop = bbox grown by this fraction of its size on each side
     blur_in_overlay: bool = False  # privacy: blur every tracked face in written overlays

@@ -1,7 +1,7 @@
-"""Issue 17, fourth round: why live mode commits each word (at a pause, by agreement, or by the age bound,
+"""Why live mode commits each word (at a pause, by agreement, or by the age bound,
 split by the buffer's length then) and how often each kind is wrong, on one half of `--clips large`.
 
-    nice -n 19 .venv/bin/python docs/experiments/issue17-round4-trace.py tuning "" 0.12
+    nice -n 19 .venv/bin/python docs/history/experiments/asr-commit-trace.py tuning "" 0.12
 
 Arguments: split, comma list of KEY=VALUE overrides, clock (cpu or seconds per Whisper decode), work dir.
 A diagnostic, not a test: it re-implements `StreamingTranscriber._agreement_pass` (as of this commit) with
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import jiwer  # noqa: E402

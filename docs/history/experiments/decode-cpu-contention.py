@@ -1,4 +1,4 @@
-"""Why the decode stage costs more CPU inside the pipeline than alone (issue 11, session 7).
+"""Why the decode stage costs more CPU inside the pipeline than alone.
 
 Decodes a 640x480 @ 30 fps clip the "before" way (every frame to full-size RGB) and the "after" way
 (`AvSource` with a `FramePolicy`: only the packets kept frames depend on, 2 frames/s scaled to 224 px),
@@ -9,7 +9,7 @@ does) with nothing beside it and with one other thread of the same process runni
   pyspin  a pure-Python loop (holds the GIL whenever it runs)
 Each case runs before/after twice and keeps the lower CPU time.
 
-    .venv/bin/python docs/experiments/issue11-decode-cpu-contention.py /tmp/clip-640x480.mp4
+    .venv/bin/python docs/history/experiments/decode-cpu-contention.py /tmp/clip-640x480.mp4
 
 (a clip: `scripts/media.py:make_webcam_clip`, or the one `bench.py --webcam --work-dir DIR` leaves in DIR)
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 from bench import decode_after, decode_before  # noqa: E402  (the loops `bench.py --webcam` times)
 
