@@ -27,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.experts import create_text_expert  # noqa: E402
+from models.experts import create_text_experts  # noqa: E402
 from models.prompts import LABELS  # noqa: E402
 from models.training.metrics import classification_metrics, confusion_matrix  # noqa: E402
 from scripts import sentiment_data  # noqa: E402
@@ -96,16 +96,18 @@ def main() -> None:
         pred.append(LABELS.index(chosen["label"]))
         heard.append(" ".join(f["text"] for f in finals if start - 0.3 <= (f["t_start"] + f["t_end"]) / 2 <= nxt).strip())
 
-    expert = create_text_expert("lexicon")
+    experts = create_text_experts("lexicon", "minilm")
+    expert = experts["lexicon"]
+    exact, transcript = [r["text"] for r in sentences], [h or "" for h in heard]
     result = {
         "sentences": len(sentences), "data": str(args.data), "selection": "all" if args.all else f"held-back, {args.per_class} per class, seed {SEED}",
         "pause_s": args.pause, "wpm": args.wpm, "config": args.config, "overrides": args.overrides,
         "estimate": "the last estimate in the pause after the sentence (before the next one starts)",
         "pipeline": scores(y, pred),
-        "lexicon_on_exact_text": scores(y, list(expert.predict([r["text"] for r in sentences]).argmax(1))),
-        "lexicon_on_transcript": scores(y, list(expert.predict([h or "" for h in heard]).argmax(1))),
+        **{f"{head}_on_{where}": scores(y, list(e.predict(texts).argmax(1)))
+           for head, e in experts.items() for where, texts in (("exact_text", exact), ("transcript", transcript))},
         "vader_cut_on_exact_text": scores(y, [2 if c >= 0.05 else 0 if c <= -0.05 else 1
-                                              for c in expert.vader.features([r["text"] for r in sentences])[:, 0]]),
+                                              for c in expert.vader.features(exact)[:, 0]]),
         "wall_s": round(wall, 1), "media_s": round(timings[-1][2] + args.pause, 1),
         "weights": sentiment[-1].get("weights"),
         "rows": [{"text": r["text"], "label": r["label"], "predicted": LABELS[p], "heard": h} for r, p, h in zip(sentences, pred, heard)],
