@@ -105,7 +105,7 @@ def main() -> None:
         "command": " ".join(["python", "scripts/bench_expression.py", *sys.argv[1:]]),
         "commit": commit, "threads": args.threads, "crop_sizes": [list(s) for s in sizes],
         "cpu": cpu_name(), "cores": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
         "target_face_ms": TARGET_MS, "worst_face_median_ms": worst, "meets_target": worst <= TARGET_MS,
         **results,
     }
