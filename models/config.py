@@ -71,7 +71,7 @@ class ExpertsConfig(Section):
     # vision.pretrained=random, whose features carry no sentiment.
     clip_heads: Literal["auto", "on", "off"] = "auto"
     # The text expert reads the latest utterance: the window's words after the last pause this long.
-    utterance_gap_seconds: float = Field(0.8, gt=0, le=60)
+    utterance_gap_seconds: float = Field(0.5, gt=0, le=60)
 
 
 class WindowConfig(Section):

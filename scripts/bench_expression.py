@@ -2,7 +2,7 @@
 mini-Xception in torch, and the same network exported to ONNX and run through the `onnx:<path>`
 path. Each timed call is the whole `predict`: RGB crop -> gray 64x64 -> network -> probabilities.
 
-    python scripts/bench_expression.py [--runs 300] [--warmup 30] [--threads 1] [--json docs/bench-expression.json]
+    python scripts/bench_expression.py [--runs 300] [--warmup 30] [--threads 1] [--json docs/results/bench-expression.json]
 
 The crops are real faces (scikit-image's astronaut, matplotlib's Grace Hopper; Haar boxes grown by
 the app's 0.25 margin). Target: <= 5 ms per face at one thread (the app's engine.threads default).
