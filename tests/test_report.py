@@ -2,6 +2,7 @@
 a real (headless Chromium) browser and whose transcript is the run's; bad inputs get one line."""
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -120,3 +121,130 @@ def test_bad_inputs_one_line_exit_2(content, needle, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
     with pytest.raises(Exception, match=needle):
         load_events(path)
+
+
+# ------------------------------------------------------------------------------ issue 25: types, outputs, streaming
+@pytest.mark.parametrize("line, needle", [
+    ('{"type": "sentiment", "t": "3.5"}', 'sentiment field "t" should be a valid number (got "3.5")'),
+    ('{"type": "sentiment", "t": null}', 'sentiment field "t" should be a valid number (got null)'),
+    ('{"type": "sentiment", "t": NaN}', 'sentiment field "t" should be a finite number'),
+    ('{"type": "warning", "t": Infinity, "message": "x"}', 'warning/error field "t" should be a finite number'),
+    ('{"type": "sentiment", "t": 1, "modalities": [0.5, 0.5]}', 'sentiment field "modalities" should be an object'),
+    ('{"type": "sentiment", "t": 1, "modalities": {"image": {"weight": "high"}}}', 'field "modalities.image.weight"'),
+    ('{"type": "sentiment", "t": 1, "faces": 3}', 'sentiment field "faces" should be a valid array'),
+    ('{"type": "sentiment", "t": 1, "faces": ["a"]}', 'sentiment field "faces.0" should be an object'),
+    ('{"type": "sentiment", "t": 1, "faces": [{"id": 1, "score": "0.5"}]}', 'sentiment field "faces.0.score"'),
+    ('{"type": "sentiment", "t": 1, "label": 2}', 'sentiment field "label" should be a valid string'),
+    ('{"type": "sentiment", "t": 1, "latency_ms": -1e300}', 'sentiment field "latency_ms" should be greater than or equal to 0'),
+    ('{"type": "transcript", "t": 1, "t_end": "2.0", "text": "hi", "final": true}', 'transcript field "t_end"'),
+    ('{"type": "transcript", "t": 1, "text": 7, "final": true}', 'transcript field "text" should be a valid string'),
+    ('{"type": "summary", "t": 1, "latency": "fast"}', 'summary field "latency" should be an object'),
+    ('{"type": "summary", "t": 1, "latency": {"fusion": {"count": 3, "p95_ms": "9"}}}', 'field "latency.fusion.p95_ms"'),
+])
+def test_wrong_field_types_one_line_exit_2(line, needle, tmp_path):
+    """Issue 25: a field the report reads with the wrong type (or not finite) names the line and the field."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"type": "sentiment", "stream": "0", "t": 0.5, "score": 0.1, "label": "neutral"}\n' + line + "\n")
+    res = cli("report", str(path), timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path} line 2: ") and needle in lines[0], res.stderr
+    assert not (tmp_path / "events.html").exists()
+
+
+def test_render_html_checks_event_dicts_too():
+    from models.errors import UserError
+
+    with pytest.raises(UserError, match='event 2: sentiment field "t" should be a valid number'):
+        render_html([{"type": "sentiment", "t": 0.5}, {"type": "sentiment", "t": "1"}])
+
+
+def test_report_refuses_to_overwrite_its_events(tmp_path):
+    """Issue 25: `report X.jsonl --out X.jsonl` (or --png, or a link to it) would replace the events with the page."""
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "sentiment", "stream": "0", "t": 0.5, "score": 0.1, "label": "neutral"}\n')
+    before = events.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(events)
+    for flags in (["--out", str(events)], ["--out", str(tmp_path / "r.html"), "--png", str(events)],
+                  ["--out", str(tmp_path / "link.jsonl")], ["--out", str(tmp_path / "same.html"), "--png", str(tmp_path / "same.html")]):
+        res = cli("report", str(events), *flags, timeout=120)
+        assert res.returncode == 2, (flags, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and ("is the same file as EVENTS.jsonl" in lines[0] or "are the same file" in lines[0]), res.stderr
+        assert events.read_bytes() == before
+    named_html = tmp_path / "events.html"  # the default --out of events.html is events.html itself
+    named_html.write_bytes(before)
+    res = cli("report", str(named_html), timeout=120)
+    assert res.returncode == 2 and "is the same file as EVENTS.jsonl" in res.stderr and named_html.read_bytes() == before
+    res = cli("report", str(events), "--out", str(tmp_path / "r.html"), timeout=120)  # a path of its own is fine
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>") and events.read_bytes() == before
+
+
+def test_run_report_may_not_be_the_output(tmp_path):
+    out = tmp_path / "events.jsonl"
+    res = cli("run", "--source", "demo", "--config", str(TINY_CONFIG), "--output", str(out), "--report", str(out), timeout=120)
+    assert res.returncode == 2 and "--report and --output are the same file" in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_decimated_and_reservoir_stay_bounded():
+    from stream.report import Decimated, Reservoir
+
+    small = Decimated(8)
+    for i in range(5):
+        small.add(i)
+    assert small.items() == [0, 1, 2, 3, 4]  # below the cap: everything, as before
+    series = Decimated(8)
+    for i in range(10_000):
+        series.add(i)
+        assert len(series.kept) <= 8
+    items = series.items()
+    assert items[0] == 0 and items[-1] == 9999  # from the first to the last
+    steps = {b - a for a, b in zip(items, items[1:-1])}
+    assert steps == {series.stride} and series.stride * len(series.kept) >= 10_000 // 2  # evenly spaced over it all
+    sample = Reservoir(500, seed=3)
+    for i in range(100_000):
+        sample.add(float(i))
+    assert len(sample.values) == 500 and sample.seen == 100_000
+    assert 40_000 < sum(sample.values) / 500 < 60_000  # uniform over the whole stream, not its start
+
+
+def test_timeline_state_is_bounded_however_long_the_events(tmp_path):
+    """Issue 25: the report reads the events in one pass into bounded state: 60 000 estimates with
+    faces that come and go, transcripts and warnings keep at most the caps in memory; the transcript
+    rows go to a temporary file and come back complete and in order."""
+    from stream.report import LATENCY_SAMPLE, MAX_FACES, MAX_MESSAGES, Timeline
+
+    def events():
+        for i in range(60_000):
+            t = i * 0.5
+            yield {"type": "sentiment", "stream": "cam", "t": t, "label": ("negative", "neutral", "positive")[i % 3],
+                   "score": (i % 7) / 7 - 0.5, "latency_ms": float(i % 100), "weights": "random",
+                   "modalities": {"image": {"weight": 0.25}, "text": {"weight": 0.75}},
+                   "faces": [{"id": 1, "score": 0.5}, {"id": 100 + i // 50, "score": -0.5}]}
+            if i % 3 == 0:
+                yield {"type": "transcript", "stream": "cam", "t": t, "t_start": max(0.0, t - 1.5), "t_end": t, "text": f"words {i} " + "x" * 60, "final": True}
+            if i % 100 == 0:
+                yield {"type": "warning", "stream": "cam", "t": t, "message": f"warning {i}"}
+
+    with Timeline.of(events(), points=64) as tl:
+        assert tl.estimates == 60_000 and tl.finals == 20_000 and tl.labels == {"negative": 20_000, "neutral": 20_000, "positive": 20_000}
+        assert len(tl.sentiments.kept) <= 64 and len(tl.segments.kept) <= 64
+        pts = tl.sentiments.items()
+        assert pts[0][0] == 0.0 and pts[-1][0] == 59_999 * 0.5 and pts[0][3:] == (0.25, 0.75)
+        faces = tl.faces()
+        assert len(faces) <= MAX_FACES and "1" in faces  # the face seen all along is kept; passers-by make room
+        assert all(len(series) <= 65 for series in faces.values()) and tl.faces_not_drawn > 0
+        assert len(tl.latencies.values) == min(60_000, LATENCY_SAMPLE) and tl.latencies.seen == 60_000
+        assert len(tl.messages) == MAX_MESSAGES and tl.messages_not_shown == 600 - MAX_MESSAGES
+        assert tl._rows._rolled  # the transcript rows spilled to disk, not memory
+        rows = list(tl.transcript_rows())
+        assert len(rows) == 20_000 and rows[1] == (0.0, 1.5, "words 3 " + "x" * 60) and rows[-1][2].startswith("words 59997 ")
+        assert tl.hop == 0.5 and tl.duration == 59_999 * 0.5
+        page = io.StringIO()
+        from stream.report import write_page
+
+        write_page(tl, page, "long")
+    html = page.getvalue()
+    assert html.count("<tr><td class=t>") == 20_000 and "words 59997" in html and "550 more warnings and errors" in html

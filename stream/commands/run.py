@@ -12,7 +12,7 @@ from ..config import AppConfig
 from ..events import FanoutSink, JsonlSink, input_warnings, make_event
 from ..overlay import LiveOverlay, display_available, render_overlay_file
 from ..overlay.writer import OVERLAY_EXTENSIONS
-from ..report import load_events, write_report
+from ..report import EventReader, write_report
 from ..runtime import Runtime, build_runtime
 from ..session import StreamSession
 from ..sources import SourceInfo, demo_path, open_source, pump
@@ -54,8 +54,11 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_output(output, "--output")
     if args.overlay:
         check_output(args.overlay, "--overlay", suffixes=OVERLAY_EXTENSIONS)
+    report = getattr(args, "report", None)
+    if report:
+        check_output(report, "--report")
     check_distinct({"--source": local_source(args.source), "--config": getattr(args, "config", None)},
-                   {"--output": output, "--overlay": args.overlay})
+                   {"--output": output, "--overlay": args.overlay, "--report": report})
 
 
 async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
@@ -123,7 +126,7 @@ async def analyse(cfg: AppConfig, args: argparse.Namespace) -> int:
         await asyncio.to_thread(render_overlay_file, path, sink.events, args.overlay, cfg.faces.blur_in_overlay)
         print(f"overlay written to {args.overlay}", file=sys.stderr)
     if report:
-        events = load_events(args.output) if to_file else sink.events
+        events = EventReader(args.output) if to_file else sink.events  # streamed: bounded memory
         await asyncio.to_thread(write_report, events, report, None, f"sentistream report: {args.source}")
         print(f"report written to {report}", file=sys.stderr)
     return status
