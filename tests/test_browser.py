@@ -51,11 +51,11 @@ def fake_media(tmp_path_factory) -> tuple[Path, Path]:
     return y4m, wav
 
 
-def _start_serve(port: int = 0) -> tuple[subprocess.Popen, str]:
-    """`sentistream serve` as a subprocess; (process, base URL) once it says where it serves."""
+def _start_serve(port: int = 0, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`sentistream serve` (plus `extra` arguments) as a subprocess; (process, base URL) once it says where it serves."""
     # A long media timeout: a slot freed within seconds of leaving the page was freed by its goodbye.
     cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", str(port),
-           "--set", "server.media_timeout_s=120"]
+           "--set", "server.media_timeout_s=120", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     base, seen = None, []
     deadline = time.monotonic() + 120

@@ -23,6 +23,7 @@ from .auth import authorized
 from .connection import OfferError
 from .guards import guard_middleware
 from .manager import ConnectionManager, SlotRefused
+from .overlay_page import overlay_route
 from .upload import analyze_route
 from .ws import follow_route, ws_route
 
@@ -196,6 +197,7 @@ def create_app(runtime: Runtime, cfg: AppConfig) -> web.Application:
     app.router.add_post("/analyze", analyze_route(runtime, cfg, manager))  # issue 14: upload, WebSocket, followers
     app.router.add_get("/ws", ws_route(runtime, cfg, manager))
     app.router.add_get("/ws/events", follow_route(cfg, manager))
+    app.router.add_get("/overlay", overlay_route(cfg.server, STATIC_DIR / "overlay.html"))  # issue 26: OBS browser source
 
     async def close_connections(_: web.Application) -> None:
         await manager.close_all()
