@@ -50,8 +50,9 @@ demo: install
 	if [ $$rc -eq 3 ]; then \
 	  echo; echo "################################################################################"; \
 	  echo "#  NO PRETRAINED CLIP WEIGHTS (offline and not cached): running the demo with     #"; \
-	  echo "#  vision.pretrained=random. Transcripts, overlay and latencies are real; the     #"; \
-	  echo "#  sentiment estimates are NOT (every event says \"weights\": \"random\").           #"; \
+	  echo "#  vision.pretrained=random. The CLIP heads get weight 0 (their features mean     #"; \
+	  echo "#  nothing); the estimates come from the experts with shipped weights: VADER,     #"; \
+	  echo "#  MiniLM sentences, FER faces (see \"modalities\" in each event).               #"; \
 	  echo "################################################################################"; echo; \
 	  $(DEMO_RUN) --set vision.pretrained=random || exit $$?; \
 	elif [ $$rc -ne 0 ]; then exit $$rc; fi; \

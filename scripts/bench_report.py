@@ -6,7 +6,7 @@ transcripts, a few warnings, the summary with per-stage latency percentiles), ru
 report` on it in a subprocess and records its wall time and peak RSS (os.wait4's rusage of that
 child alone) into --out.
 
-    python scripts/bench_report.py [--sizes 20 200] [--label after] [--out docs/bench-report.json]
+    python scripts/bench_report.py [--sizes 20 200] [--label after] [--out docs/results/bench-report.json]
 """
 from __future__ import annotations
 

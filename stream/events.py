@@ -16,8 +16,8 @@ EventListener = Callable[[dict[str, Any]], None]
 
 
 RANDOM_WEIGHTS_WARNING = (
-    "CLIP weights are random (vision.pretrained=random): estimates carry no meaning; "
-    "use this for latency work and tests only"
+    "CLIP weights are random (vision.pretrained=random): the CLIP heads carry no meaning and get weight 0 "
+    "(experts.clip_heads=auto); the estimates rest on the experts (lexicon, sentence, expression)"
 )
 
 

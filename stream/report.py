@@ -437,7 +437,7 @@ def timeline_figure(tl: Timeline) -> Any:
     ax_score.set_ylabel("score")
     title = f"stream {tl.stream or ''}: sentiment over time"
     if tl.weights == "random":
-        title += " (random CLIP weights: estimates carry no meaning)"
+        title += " (random CLIP weights: CLIP heads off, experts only)"
     ax_score.set_title(title, loc="left")
     from matplotlib.patches import Patch
 
