@@ -96,8 +96,10 @@ def test_default_config_clip_fast_accurate_and_one_estimate_per_hop(media, tmp_p
     sentiments = check_sentiment_events(events, media["duration"])
     assert all(e["weights"] == "random" for e in sentiments)
     assert any(e["type"] == "warning" and "random" in e["message"] for e in events)
-    # Once speech has been heard, the text modality carries weight.
-    assert any(e["modalities"]["text"]["weight"] > 0 and e["modalities"]["text"]["n"] > 0 for e in sentiments)
+    # Random CLIP: its heads are off (weight 0, said in the event); once speech has been heard, the
+    # text experts carry the weight.
+    assert all(e["modalities"]["text"]["weight"] == 0 and "off" in e["modalities"]["text"] for e in sentiments)
+    assert any(e["modalities"]["lexicon"]["weight"] > 0 and e["modalities"]["lexicon"]["n"] > 0 for e in sentiments)
     transcripts = [e for e in events if e["type"] == "transcript"]
     assert transcripts and all(e["t_start"] <= e["t_end"] for e in transcripts)
     assert any(not e["final"] for e in transcripts)
