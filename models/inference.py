@@ -112,9 +112,11 @@ def predict(model: SentimentModel, items: Sequence[WindowInput], text: TextState
             if reading is not None:
                 modalities[name] = {"weight": round(float(mod_w[i, 2 + j]), 6), "probs": _probs_dict(torch.as_tensor(reading.probs)),
                                     "n": reading.n, "model": reading.model, **reading.extra}
+        # No head had evidence (nothing seen or heard yet): uniform probabilities, and the label says neutral.
+        label = LABELS[int(p.argmax())] if float(weights[i].sum()) > 0 else "neutral"
         results.append(
             Estimate(
-                label=LABELS[int(p.argmax())],
+                label=label,
                 probs=_probs_dict(p),
                 score=round(float(p[2] - p[0]), 6),
                 modalities=modalities,

@@ -75,14 +75,18 @@ class TranscriptWindow:
         start = end - self.seconds
         return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
-    def utterance(self, end: float, gap: float) -> tuple[str, int]:
-        """The latest utterance in the window at `end`: its words after the last pause of at least `gap`
-        seconds between two words (partial ones included), joined, and their count."""
+    def utterance(self, end: float, gap: float, sentence_gap: Optional[float] = None) -> tuple[str, int]:
+        """The latest utterance in the window at `end` (partial words included), joined, and its word
+        count: the words after the last pause of at least `gap` s, or of at least `sentence_gap` s after
+        a word that ends a sentence (. ! ?), whichever is later (None: pauses alone)."""
         words = self.words(end)
-        start = len(words)
-        while start > 0 and (start == len(words) or words[start].start - words[start - 1].end < gap):
+        start = len(words) - 1
+        while start > 0:
+            pause = words[start].start - words[start - 1].end
+            if pause >= gap or (sentence_gap is not None and pause >= sentence_gap and words[start - 1].text.rstrip().endswith((".", "!", "?"))):
+                break
             start -= 1
-        last = words[start:]
+        last = words[max(start, 0):]
         return join_words(last), len(last)
 
     def text(self, end: float, partial: bool = True) -> tuple[str, int]:

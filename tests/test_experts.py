@@ -102,6 +102,12 @@ def test_utterance_is_the_words_after_the_last_pause():
     assert w.utterance(5.0, gap=2.0)[1] == 7  # no pause that long: the whole window
     assert w.utterance(2.0, gap=0.8) == ("I hate it.", 3)  # in the pause after a sentence: that sentence
     assert TranscriptWindow(8.0).utterance(1.0, 0.8) == ("", 0)
+    # A short pause after a sentence end splits; the same pause after a comma does not.
+    s = TranscriptWindow(8.0)
+    s.add_final([Word(0.0, 0.4, "Great"), Word(0.5, 0.9, "day."), Word(1.3, 1.7, "So"), Word(1.8, 2.2, "sad,"),
+                 Word(2.6, 3.0, "really.")])
+    assert s.utterance(3.0, gap=0.8, sentence_gap=0.3) == ("So sad, really.", 3)
+    assert s.utterance(3.0, gap=0.8, sentence_gap=0.5)[1] == 5
 
 
 def _inputs(dim: int, experts: torch.Tensor, mask: torch.Tensor) -> FusionInputs:
@@ -217,3 +223,16 @@ def test_astronaut_face_is_positive_with_expression_weight(tmp_path):
     assert max(last["emotions"], key=last["emotions"].get) == "happy"
     whole = [e for e in events if e["type"] == "sentiment"][-1]
     assert whole["label"] == "positive" and whole["modalities"]["expression"]["n"] > 0
+
+
+def test_an_estimate_without_any_evidence_is_neutral_and_uniform(tiny_model):
+    """Nothing seen or heard yet: every weight is 0, the probabilities uniform, and the label neutral
+    (not the first class of a three-way tie)."""
+    from models.inference import WindowInput, predict
+
+    d = tiny_model.backbone.embed_dim
+    window = WindowInput(torch.zeros(0, d), torch.zeros(0))
+    text = tiny_model.backbone.encode_texts([""], 75)
+    est = predict(tiny_model, [window], text)[0]
+    assert est.label == "neutral" and list(est.probs.values()) == pytest.approx([1 / 3] * 3, abs=1e-5)
+    assert all(m["weight"] == 0 for m in est.modalities.values())

@@ -50,7 +50,8 @@ def check_sentiment_events(events: list[dict], duration: float, hop: float = 0.5
         assert set(e) >= {"type", "stream", "t", "label", "probs", "score", "modalities", "weights", "latency_ms"}
         assert set(e["probs"]) == {"negative", "neutral", "positive"}
         assert sum(e["probs"].values()) == pytest.approx(1.0, abs=1e-4)
-        assert e["label"] == max(e["probs"], key=e["probs"].get)
+        uniform = max(e["probs"].values()) - min(e["probs"].values()) < 1e-6  # no evidence yet: neutral
+        assert e["label"] == ("neutral" if uniform else max(e["probs"], key=e["probs"].get))
         assert -1.0 <= e["score"] <= 1.0
         assert e["score"] == pytest.approx(e["probs"]["positive"] - e["probs"]["negative"], abs=1e-4)
         weights = [e["modalities"][m]["weight"] for m in ("image", "text")]
