@@ -11,7 +11,7 @@ from .backbone import Backbone, create_backbone
 from .checkpoint import load_checkpoint
 from .config import ModelConfig
 from .errors import UserError
-from .experts import TextExpert, create_face_expert, create_text_experts
+from .experts import EXPERTS, TextExpert, create_face_expert, create_text_experts
 from .fusion import ClipCaMsa
 from .onnx_backend import resolve_backend, use_onnx
 from .prompts import LABELS, PROMPTS
@@ -94,10 +94,13 @@ def build_model(cfg: ModelConfig, backbone: Optional[Backbone] = None) -> Sentim
         load_checkpoint(cfg.model.checkpoint, fusion, cfg, backbone.embed_dim)
         fusion.to(backbone.device)
         log.info("loaded fusion checkpoint %s", cfg.model.checkpoint)
+    text_experts = create_text_experts(cfg.experts.text, cfg.experts.sentence, str(backbone.device))
+    if not cfg.model.checkpoint:  # untrained: the experts' measured log-variances (a checkpoint has learned ones)
+        with torch.no_grad():
+            for head, expert in text_experts.items():
+                fusion.expert_log_vars[EXPERTS.index(head)] = float(getattr(expert, "log_variance", 0.0))
     fusion.clip_heads = clip_heads_on(cfg.experts.clip_heads, backbone.weights)
     if not fusion.clip_heads:
         log.info("experts.clip_heads=%s: the CLIP heads carry no weight (CLIP weights: %s)", cfg.experts.clip_heads, backbone.weights)
-    device = str(backbone.device)
-    return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint,
-                          create_text_experts(cfg.experts.text, cfg.experts.sentence, device),
-                          create_face_expert(cfg.experts.face, device))
+    return SentimentModel(backbone, fusion, backbone.weights, cfg.model.checkpoint, text_experts,
+                          create_face_expert(cfg.experts.face, str(backbone.device)))

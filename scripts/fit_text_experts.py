@@ -7,7 +7,10 @@ scripts/sentiment_data.py holds 10 % back):
 - the sentence expert's head (models/experts/data/sentence.json): the same over all-MiniLM-L6-v2
   sentence embeddings.
 
-Both class-balanced with an L2 penalty. Prints macro-F1 of VADER's usual cut (|compound| >= 0.05) and
+Both class-balanced with an L2 penalty. Each file also gets the head's log-variance s = log CE, with
+CE its out-of-fold cross-entropy on the tune part: the optimum of the uncertainty loss
+exp(-s) * CE + s for a head whose weights are fixed, so the untrained fusion weighs the experts as
+training would. Prints macro-F1 of VADER's usual cut (|compound| >= 0.05) and
 of each expert: 5-fold on the tune part, leave-one-source-out (fit on two sources, score the third: an
 out-of-domain check), and on the held-back part, for the two experts alone and mixed by confidence.
 
@@ -95,10 +98,16 @@ def main() -> None:
     report: dict = {"data": str(args.data), "tune": len(tune), "held_back": len(held)}
     folds = np.array_split(np.random.default_rng(0).permutation(len(tune)), 5)
     per_fold = []
+    out_of_fold = {k: np.zeros((len(rows), len(LABELS))) for k in feats}
     for f in folds:
         test = np.zeros(len(rows), bool)
         test[f] = True
         per_fold.append(scores_on(is_tune & ~test, test, feats, y))
+        for k, x in feats.items():
+            out_of_fold[k][test] = probs(fit(x[is_tune & ~test], y[is_tune & ~test], L2[k]), x[test])
+    log_var = {k: round(math.log(float(-np.log(np.clip(p[is_tune][np.arange(is_tune.sum()), y[is_tune]], 1e-12, 1)).mean())), 4)
+               for k, p in out_of_fold.items()}
+    report["log_variance"] = log_var
     report["five_fold_macro_f1"] = {k: round(float(np.mean([s[k] for s in per_fold])), 4) for k in per_fold[0]}
     report["leave_one_source_out_macro_f1"] = {s: scores_on(is_tune & (src != s), is_tune & (src == s), feats, y) for s in sorted(set(src))}
     report["held_back_macro_f1"] = scores_on(is_tune, ~is_tune, feats, y)
@@ -108,7 +117,7 @@ def main() -> None:
         path.write_text(json.dumps({
             "about": f"{name} expert head: multinomial logistic regression fitted by scripts/fit_text_experts.py",
             "features": feature_names or f"all-MiniLM-L6-v2 mean-pooled, L2-normalised ({w.shape[0]})", "labels": list(LABELS),
-            "l2": L2[name], "weight": np.round(w, 6).tolist(), "bias": np.round(b, 6).tolist()}) + "\n")
+            "l2": L2[name], "log_variance": log_var[name], "weight": np.round(w, 6).tolist(), "bias": np.round(b, 6).tolist()}) + "\n")
         print(f"wrote {path}", file=sys.stderr)
     print(json.dumps(report, indent=1))
     if args.json:

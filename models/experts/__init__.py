@@ -21,6 +21,8 @@ EXPRESSION_MARGIN = 0.1
 
 class TextExpert(Protocol):
     name: str
+    # Optional `log_variance`: the head's s measured on rated data (the uncertainty loss's optimum for
+    # its fixed weights); the untrained fusion starts from it (0 when an expert has none).
 
     def predict(self, texts: Sequence[str]) -> np.ndarray: ...  # (n, 3) over LABELS
 

@@ -31,6 +31,7 @@ def vader_features(scores: dict[str, float]) -> list[float]:
 class Calibration:
     weight: np.ndarray  # (features, 3)
     bias: np.ndarray  # (3,)
+    log_variance: float = 0.0  # s = log of the expert's out-of-fold cross-entropy (the fusion's prior)
 
     @classmethod
     def load(cls, path: Path = CALIBRATION) -> "Calibration":
@@ -42,7 +43,7 @@ class Calibration:
             raise UserError(f"lexicon calibration {path} is unreadable ({exc}); rerun scripts/fit_lexicon.py") from None
         if weight.shape != (6, 3) or bias.shape != (3,):
             raise UserError(f"lexicon calibration {path} has shapes {weight.shape}/{bias.shape}, expected (6, 3)/(3,)")
-        return cls(weight, bias)
+        return cls(weight, bias, float(data.get("log_variance", 0.0)))
 
     def probs(self, features: np.ndarray) -> np.ndarray:
         logits = features @ self.weight + self.bias
@@ -74,6 +75,7 @@ class LexiconExpert:
     def __init__(self, vader: Vader | None = None, calibration: Calibration | None = None) -> None:
         self.vader = vader or Vader()
         self.calibration = calibration or Calibration.load()
+        self.log_variance = self.calibration.log_variance
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         return self.calibration.probs(self.vader.features(texts)).astype(np.float32)

@@ -62,6 +62,7 @@ class SentenceExpert:
             data = json.loads(Path(head).read_text())
             self.weight = np.asarray(data["weight"], dtype=np.float32)
             self.bias = np.asarray(data["bias"], dtype=np.float32)
+            self.log_variance = float(data.get("log_variance", 0.0))  # s = log out-of-fold CE: the fusion's prior
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"sentence head {head} is unreadable ({exc}); rerun scripts/fit_text_experts.py") from None
         self.encoder = encoder or SentenceEncoder(device)
