@@ -104,8 +104,11 @@ def run_report(events_path: Path, out: Path) -> dict[str, Any]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace").strip()
-    return {"exit_code": proc.returncode, "wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "html_mb": round(out.stat().st_size / 1e6, 2) if out.exists() else None, "stderr_tail": stderr[-300:]}
+    result = {"exit_code": proc.returncode, "wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "html_mb": round(out.stat().st_size / 1e6, 2) if out.exists() else None}
+    if proc.returncode:
+        result["stderr_tail"] = stderr[-300:]
+    return result
 
 
 def _commit() -> str:
