@@ -127,6 +127,9 @@ def main() -> None:
     out_path = Path(args.out)
     doc = json.loads(out_path.read_text()) if out_path.exists() else {}
     doc.setdefault("about", "sentistream report on generated events files: scripts/bench_report.py")
+    doc["events"] = ("one stream: a sentiment estimate every 0.5 s (both modalities, 1-2 faces, new face ids every 300 s), "
+                     "a transcript every 1 s (about 1 in 3 final), a warning every 10000 s, the summary last")
+    doc["measured"] = "peak RSS: os.wait4 rusage of the report process alone; wall: its whole run, Python start included"
     runs = doc.setdefault("runs", {}).setdefault(args.label, {})
     with tempfile.TemporaryDirectory() as tmp:
         for mb in args.sizes:
