@@ -316,6 +316,11 @@ async def test_jpeg_decoder_scales_like_webrtc_and_bounds_concurrent_decodes():
         decoder = JpegDecoder((160, 120), pool, concurrency=2)
         assert decoder.decode_sync(encoded(640, 480)).shape == (120, 160, 3)  # DCT-scaled 1/4: no resize left
         assert decoder.decode_sync(encoded(1000, 300)).shape == (48, 160, 3)  # aspect kept, even sizes
+        from PIL import Image
+
+        turned = Image.Exif()
+        turned[0x0112] = 6  # a phone held upright: the camera's 1000x500 frame is shown 500x1000
+        assert decoder.decode_sync(encoded(1000, 500, exif=turned)).shape == (120, 60, 3)  # turned, then fitted
         small = decoder.decode_sync(encoded(100, 60))
         assert small.shape == (60, 100, 3) and small.flags.writeable and tuple(small[0, 0]) == pytest.approx((200, 60, 30), abs=3)
         with pytest.raises(FrameRefused, match="960x720"):  # 6x the limit on each side, in pixels

@@ -18,7 +18,7 @@ import io
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import ExifTags, Image, ImageOps, JpegImagePlugin
 
 from ..sources.webrtc import fit_within
 
@@ -84,15 +84,21 @@ class JpegDecoder:
         """The frame as an RGB uint8 array (height, width, 3) that fits max_size; FrameRefused if not."""
         im, width, height = jpeg_size(data)
         self.limits(width, height, bool(im.info.get("progressive") or im.info.get("progression")))
-        target = fit_within(width, height, self.max_size)
         try:
+            # A camera's orientation tag turns the frame (as cv2.imdecode did): the turned frame must fit.
+            turned = im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            if turned:
+                fit_h, fit_w = fit_within(height, width, self.max_size)
+                target = (fit_w, fit_h)
+            else:
+                target = fit_within(width, height, self.max_size)
             if target != (width, height):
                 im.draft("RGB", target)  # DCT scaling: decodes at 1/2, 1/4 or 1/8, never below the target
             im.load()
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             if rgb.size != target:
                 rgb = rgb.resize(target, Image.Resampling.BILINEAR)
-            ImageOps.exif_transpose(rgb, in_place=True)  # as cv2.imdecode did: a camera's orientation tag applies
+            ImageOps.exif_transpose(rgb, in_place=True)
             return np.array(rgb)
         except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt scan data
             raise FrameRefused("bad_message", f"video payload is not a decodable JPEG image: {exc}") from None
