@@ -428,17 +428,24 @@ async def test_analyze_client_reset_mid_upload_is_one_log_line(runtime, caplog, 
     assert uploads_on_disk() == before
 
 
-async def test_ws_client_gone_right_after_start_leaves_no_task(serve, caplog):
-    """A client that closes right after `ready` cancels the handler mid-drain: the stream's sender
-    and session tasks are cancelled with it, not left pending (asyncio: "Task was destroyed")."""
+async def test_ws_clients_gone_mid_wait_leave_no_task(serve, caplog):
+    """A client that closes right after `ready` cancels the handler mid-drain, a follower that
+    leaves cancels its handler mid-wait: their tasks (the stream's sender and session, the
+    follower's queue read) are cancelled with them, not left pending (asyncio: "Task was destroyed")."""
     import gc
 
+    gc.collect()  # what earlier tests left is not this test's
+    caplog.clear()
     base = await serve()
+    url = base.replace("http", "ws")
     async with aiohttp.ClientSession() as http:
-        for _ in range(3):
-            async with http.ws_connect(base.replace("http", "ws") + "ws") as ws:
-                await ws.send_json({"type": "start", "video": {"format": "jpeg"}})
+        for i in range(3):
+            async with http.ws_connect(url + "ws") as ws:
+                await ws.send_json({"type": "start", "stream": f"gone-{i}", "video": {"format": "jpeg"}})
                 assert (await ws.receive_json(timeout=10))["type"] == "ready"
+                async with http.ws_connect(url + f"ws/events?stream=gone-{i}") as follower:
+                    await asyncio.sleep(0.2)
+                    assert not follower.closed
         async with asyncio.timeout(20):
             while True:
                 async with http.get(base + "healthz") as r:

@@ -407,6 +407,7 @@ def follow_route(cfg: AppConfig, manager: ConnectionManager):
                 pass
 
         reader = asyncio.create_task(drain_client())
+        getter: Optional[asyncio.Future] = None
         try:
             while not reader.done():
                 getter = asyncio.ensure_future(q.get())
@@ -423,8 +424,10 @@ def follow_route(cfg: AppConfig, manager: ConnectionManager):
             pass
         finally:
             followers.unsubscribe(q)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            pending = [t for t in (getter, reader) if t is not None]  # a handler cancelled mid-wait (the client went)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         return ws
 
     return handler
