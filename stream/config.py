@@ -158,7 +158,10 @@ class ServerConfig(Section):
     max_message_bytes: int = Field(1024 * 1024, ge=1024)  # one WebSocket message (a JPEG frame, an audio chunk)
     max_frame_rate: float = Field(30.0, gt=0, le=240)  # WebSocket video frames/s per stream; excess dropped, counted
     audio_lead_s: float = Field(2.0, ge=0.1, le=60)  # WebSocket audio more than this ahead of real time is refused
-    max_clients_per_address: int = Field(4, ge=1, le=4096)  # pending + live connections from one IP
+    # Pending + live connections from one IP; never more than the server's slots (max_clients).
+    max_clients_per_address: int = Field(4, ge=1, le=4096)
+    # GET /ws: a client that sends no start message this long after connecting is closed (bad_message).
+    start_timeout_s: float = Field(30.0, gt=0, le=300)
     # Host header values served besides localhost names and the bound address (DNS rebinding guard).
     allowed_hosts: list[str] = []
     # Origins (scheme://host[:port]) other than the page's own that may POST an offer or open a stream.

@@ -731,3 +731,20 @@ async def test_offer_from_a_foreign_origin_is_refused(serve):
         assert (await client.connect(base, {"Origin": base.rstrip("/")}))[0] == 200
     finally:
         await client.close()
+
+
+async def test_per_address_cap_never_exceeds_the_servers_slots(serve):
+    """Issue 25: server.max_clients_per_address (4) on a 2-slot server is 2: the cap the 429 names
+    and /healthz shows is never more than the server holds."""
+    from stream.config import ServerConfig
+    from stream.server.manager import per_address_limit, slot_refusal
+
+    _, health = await get_json(await serve(max_clients=2) + "healthz")
+    assert (health["max_clients"], health["max_clients_per_address"]) == (2, 2), health
+    _, health = await get_json(await serve() + "healthz")
+    assert (health["max_clients"], health["max_clients_per_address"]) == (8, 4), health
+    server = ServerConfig(max_clients=2)
+    assert per_address_limit(server, 2) == 2 and per_address_limit(server, 64) == 4  # a cluster's capacity
+    assert slot_refusal(2, 2, 2, "10.0.0.1", server)[:2] == (503, "full")
+    status, reason, message = slot_refusal(2, 3, 2, "10.0.0.1", ServerConfig(max_clients_per_address=2))
+    assert (status, reason) == (429, "per_address") and "(limit 2)" in message

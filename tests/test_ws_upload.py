@@ -251,3 +251,209 @@ async def test_ws_events_follows_a_webrtc_stream(serve):
         assert all(e["stream"] == stream_id for e in got)
     finally:
         await client.close()
+
+
+# ------------------------------------------------------------------------------ issue 25: hardening round 3
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose header (SOF0) claims width x height: what a decoder reads first."""
+    data = bytearray(jpeg(0))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def encoded(width: int, height: int, fmt: str = "JPEG", **params) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGB", (width, height), (200, 60, 30))
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+async def test_ws_refuses_non_jpeg_and_oversized_frames(serve):
+    """Issue 25: a PNG is refused before decoding; a frame whose JPEG header says 16000x16000 (or
+    8000x8000) is refused from the header alone, never decoded; big frames within the limit pass."""
+    base = await serve(max_message_bytes=4 * 1024 * 1024)
+    url = base.replace("http", "ws") + "ws"
+    refused = [
+        (encoded(64, 48, "PNG"), "bad_message", 1003, "is a PNG image"),
+        (b"GIF89a" + b"\0" * 100, "bad_message", 1003, "not a JPEG image"),
+        (jpeg(1)[:jpeg(1).index(b"\xff\xda") + 40], "bad_message", 1003, "not a decodable JPEG"),  # truncated scan
+        (jpeg_claiming(16000, 16000), "too_large", 1009, "JPEG frame of 16000x16000 is too large"),
+        (jpeg_claiming(8000, 8000), "too_large", 1009, "JPEG frame of 8000x8000 is too large"),
+        (encoded(3000, 2000, progressive=True), "too_large", 1009, "progressive JPEG frame of 3000x2000"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for payload, code, close, needle in refused:
+            async with http.ws_connect(url) as ws:
+                await ws.send_json({"type": "start", "video": {"format": "jpeg"}})
+                assert (await ws.receive_json(timeout=10))["type"] == "ready"
+                await ws.send_bytes(header(b"V", 0.0) + payload)
+                message = await expect_error(ws, code, close)
+                assert needle in message, message
+        async with http.ws_connect(url) as ws:  # 4K baseline: scaled down while decoding, the stream goes on
+            await ws.send_json({"type": "start", "video": {"format": "jpeg"}})
+            assert (await ws.receive_json(timeout=10))["type"] == "ready"
+            big = encoded(3840, 2160)
+            for i in range(3):
+                await ws.send_bytes(header(b"V", i / 10) + big)
+            await ws.send_json({"type": "end"})
+            events = await receive_all(ws)
+        assert events[-1]["type"] == "summary" and events[-1]["frames_in"] == 3, events[-1]
+        async with http.get(base + "healthz") as r:
+            assert (await r.json())["connections"] == 0
+
+
+async def test_jpeg_decoder_scales_like_webrtc_and_bounds_concurrent_decodes():
+    import concurrent.futures
+
+    from stream.server.jpeg import FrameRefused, JpegDecoder
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        decoder = JpegDecoder((160, 120), pool, concurrency=2)
+        assert decoder.decode_sync(encoded(640, 480)).shape == (120, 160, 3)  # DCT-scaled 1/4: no resize left
+        assert decoder.decode_sync(encoded(1000, 300)).shape == (48, 160, 3)  # aspect kept, even sizes
+        from PIL import Image
+
+        turned = Image.Exif()
+        turned[0x0112] = 6  # a phone held upright: the camera's 1000x500 frame is shown 500x1000
+        assert decoder.decode_sync(encoded(1000, 500, exif=turned)).shape == (120, 60, 3)  # turned, then fitted
+        small = decoder.decode_sync(encoded(100, 60))
+        assert small.shape == (60, 100, 3) and small.flags.writeable and tuple(small[0, 0]) == pytest.approx((200, 60, 30), abs=3)
+        with pytest.raises(FrameRefused, match="960x720"):  # 6x the limit on each side, in pixels
+            decoder.decode_sync(jpeg_claiming(1000, 1000))
+        frame = encoded(960, 720)
+        out = await asyncio.gather(*(decoder.decode(frame) for _ in range(12)))
+        assert all(a.shape == (120, 160, 3) for a in out)
+        assert decoder.peak == 2 and decoder.decoding == 0  # 8 threads free, but 2 decodes at a time
+
+
+async def test_ws_start_message_wait_is_its_own_and_matches_the_readme(serve):
+    """Issue 25: the README says a /ws start message may take 30 s; it is server.start_timeout_s
+    (30 s), not the WebRTC connect_timeout_s (10 s)."""
+    import re
+
+    from stream.config import ServerConfig
+    from tests.conftest import ROOT
+
+    assert ServerConfig().start_timeout_s == 30.0 and ServerConfig().connect_timeout_s == 10.0
+    documented = re.search(r"bad or missing start message \((\d+(?:\.\d+)?) s\)", (ROOT / "README.md").read_text())
+    assert documented and float(documented.group(1)) == ServerConfig().start_timeout_s
+    base = await serve(connect_timeout_s=0.2, start_timeout_s=0.8)
+    url = base.replace("http", "ws") + "ws"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url) as ws:  # later than connect_timeout_s, within start_timeout_s
+            await asyncio.sleep(0.4)
+            await ws.send_json({"type": "start", "video": {"format": "jpeg"}})
+            assert (await ws.receive_json(timeout=10))["type"] == "ready"
+        async with http.ws_connect(url) as ws:
+            assert "no start message within 0.8 s (server.start_timeout_s)" in await expect_error(ws, "bad_message", 1003)
+
+
+@pytest.mark.parametrize("content_type, body, needle", [
+    ("multipart/form-data", b"no boundary in the header", "malformed multipart body (boundary missed"),
+    ("multipart/form-data; boundary=abc", b"garbage garbage garbage", "malformed multipart body"),
+    ("multipart/form-data; boundary=abc", b"--abc\r\n\xff\xfe\r\n\r\nhello\r\n--abc--\r\n", "malformed multipart body"),
+    ("multipart/form-data; boundary=" + "a" * 100, b"x", "malformed multipart body"),
+    ("multipart/mixed; boundary=abc", b"--abc\r\nContent-Type: text/plain\r\n\r\nhi\r\n--abc--\r\n", "no file part"),
+    # The file part itself is read up to the next boundary; what it holds is no media.
+    ("multipart/form-data; boundary=abc", b"--abc\r\nContent-Disposition: form-data; name=file\r\n\r\nhello\r\n--abcXYZ",
+     "not a media file"),
+])
+async def test_analyze_malformed_multipart_is_400(serve, content_type, body, needle, caplog):
+    """Issue 25: a multipart Content-Type without a boundary, or a body that is not that multipart, is a 400."""
+    base = await serve()
+    before = uploads_on_disk()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "analyze", data=body, headers={"Content-Type": content_type}) as r:
+            assert r.status == 400, await r.text()
+            error = (await r.json())["error"]
+        assert needle in error and "\n" not in error, error
+        async with http.get(base + "healthz") as r:
+            assert (await r.json())["connections"] == 0
+    assert uploads_on_disk() == before
+    assert not [rec for rec in caplog.records if rec.levelno >= 30], caplog.text
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+async def test_analyze_client_reset_mid_upload_is_one_log_line(runtime, caplog, multipart):
+    """Issue 25: a client that resets the connection mid-upload is one INFO line, no traceback.
+    Served as `sentistream serve` serves (an AppRunner: handlers are not cancelled when the client
+    goes, unlike aiohttp's TestServer), so the handler sees the reset as its read fails."""
+    import logging
+    import socket
+
+    from aiohttp import web
+
+    from stream.config import load_config
+    from stream.server import create_app
+    from tests.conftest import TINY_CONFIG
+
+    caplog.set_level(logging.INFO)
+    runner = web.AppRunner(create_app(runtime, load_config(TINY_CONFIG)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    base = f"http://{host}:{port}/"
+    before = uploads_on_disk()
+    part = b"--abc\r\nContent-Disposition: form-data; name=file; filename=a.mp4\r\n\r\n" if multipart else b""
+    ctype = b"Content-Type: multipart/form-data; boundary=abc\r\n" if multipart else b""
+
+    def client() -> None:
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"POST /analyze HTTP/1.1\r\nHost: 127.0.0.1\r\n" + ctype + b"Content-Length: 1000000\r\n\r\n"
+                         + part + b"\0" * 50_000)
+            time.sleep(0.5)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+
+    try:
+        await asyncio.to_thread(client)
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(20):
+                while True:
+                    async with http.get(base + "healthz") as r:
+                        if (await r.json())["connections"] == 0:
+                            break
+                    await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+    went_away = [rec for rec in caplog.records if "client went away" in rec.getMessage()]
+    assert len(went_away) == 1 and went_away[0].levelno == logging.INFO and went_away[0].exc_info is None, caplog.text
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING or rec.exc_info], caplog.text
+    assert uploads_on_disk() == before
+
+
+async def test_ws_clients_gone_mid_wait_leave_no_task(serve, caplog):
+    """A client that closes right after `ready` cancels the handler mid-drain, a follower that
+    leaves cancels its handler mid-wait: their tasks (the stream's sender and session, the
+    follower's queue read) are cancelled with them, not left pending (asyncio: "Task was destroyed")."""
+    import gc
+
+    gc.collect()  # what earlier tests left is not this test's
+    caplog.clear()
+    base = await serve()
+    url = base.replace("http", "ws")
+    async with aiohttp.ClientSession() as http:
+        for i in range(3):
+            async with http.ws_connect(url + "ws") as ws:
+                await ws.send_json({"type": "start", "stream": f"gone-{i}", "video": {"format": "jpeg"}})
+                assert (await ws.receive_json(timeout=10))["type"] == "ready"
+                async with http.ws_connect(url + f"ws/events?stream=gone-{i}") as follower:
+                    await asyncio.sleep(0.2)
+                    assert not follower.closed
+        async with asyncio.timeout(20):
+            while True:
+                async with http.get(base + "healthz") as r:
+                    if (await r.json())["connections"] == 0:
+                        break
+                await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("ws-")]
+    assert "Task was destroyed" not in caplog.text, caplog.text

@@ -20,7 +20,7 @@ from ..config import AppConfig
 from ..server import OfferError
 from ..server.app import CONFIG, STARTED, base_app, unauthorized
 from ..server.auth import authorized
-from ..server.manager import SlotRefused, slot_refusal
+from ..server.manager import SlotRefused, per_address_limit, slot_refusal
 from .metrics import merge_metrics
 from .placement import ReplicaLoad, current_router
 
@@ -100,6 +100,7 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok",
         "connections": sum(r["streams"] for r in replicas),
         "max_clients": offers.capacity,
+        "max_clients_per_address": per_address_limit(request.app[CONFIG].server, offers.capacity),
         "replicas": sorted(replicas, key=lambda r: r["id"]),
         "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
     })

@@ -161,6 +161,7 @@ async def healthz(request: web.Request) -> web.Response:
         "pending": manager.pending,  # answered offers whose peer has not connected yet
         "live": manager.live,
         "max_clients": request.app[CONFIG].server.max_clients,
+        "max_clients_per_address": manager.per_address,
         "weights": request.app[RUNTIME].engine.weights,
         "asr": request.app[RUNTIME].whisper is not None,
         "uptime_s": round(time.monotonic() - request.app[STARTED], 3),

@@ -39,15 +39,22 @@ class SlotRefused(Exception):
         return SlotRefused, (self.status, self.reason, self.message)
 
 
+def per_address_limit(server: ServerConfig, capacity: int) -> int:
+    """The connections one client address may hold: server.max_clients_per_address, but never more
+    than the server (or cluster) has slots."""
+    return min(server.max_clients_per_address, capacity)
+
+
 def slot_refusal(in_use: int, capacity: int, from_address: int, address: str,
                  server: ServerConfig) -> Optional[tuple[int, str, str]]:
     """The one slot rule (HTTP status, metrics reason, message), or None: full -> 503, the client
     address's cap -> 429. A single server and a cluster ingress (stream.cluster) both apply it."""
     if in_use >= capacity:
         return 503, "full", f"server full: {capacity} clients connected, try again later"
-    if from_address >= server.max_clients_per_address:
+    limit = per_address_limit(server, capacity)
+    if from_address >= limit:
         return 429, "per_address", (f"too many connections from {address or 'your address'} "
-                                    f"(limit {server.max_clients_per_address}): close one or try again later")
+                                    f"(limit {limit}): close one or try again later")
     return None
 
 
@@ -60,6 +67,10 @@ class ConnectionManager:
         # Colour conversion and overlay drawing for every connection: OpenCV/swscale release the GIL.
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sentistream-media")
         self.started = time.time()
+
+    @property
+    def per_address(self) -> int:
+        return per_address_limit(self.cfg.server, self.cfg.server.max_clients)
 
     @property
     def full(self) -> bool:

@@ -3,7 +3,8 @@ analysed like `sentistream run` (file mode), its events streamed back as NDJSON 
 produced, ending with the summary.
 
 The body goes to a temporary file (removed whatever happens) while its size is counted against
-`server.max_upload_bytes` (413 beyond); a body FFmpeg cannot open is a 400. An upload takes a
+`server.max_upload_bytes` (413 beyond); a body FFmpeg cannot open, or a malformed multipart body,
+is a 400; a client that goes away mid-upload is one log line (INFO), not an error. An upload takes a
 client slot like a WebRTC or WebSocket stream (503 when full) and can be followed on
 `/ws/events?stream=ID` (the ID is in the `X-Stream-Id` header)."""
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, Awaitable, Callable, Optional
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from models.errors import UserError
+from models.errors import UserError, one_line
 
 from ..api import stream_events
 from ..config import AppConfig
@@ -75,14 +77,18 @@ async def _save_body(request: web.Request, fh: Any, limit: int) -> int:
         fh.write(chunk)
 
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, aiohttp.BodyPartReader) and (part.filename or part.name in ("file", "media")):
-                while chunk := await part.read_chunk(CHUNK):
-                    write(chunk)
-                break
-        else:
-            raise UserError("the multipart form has no file part (send the media as a part named 'file')")
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, aiohttp.BodyPartReader) and (part.filename or part.name in ("file", "media")):
+                    while chunk := await part.read_chunk(CHUNK):
+                        write(chunk)
+                    break
+            else:
+                raise UserError("the multipart form has no file part (send the media as a part named 'file')")
+        except (ValueError, HttpProcessingError) as exc:  # no boundary, a body that is not the multipart it says
+            raise UserError(f"malformed multipart body ({one_line(exc, 120)}): send a multipart/form-data body with "
+                            "the media in a part named 'file', or the media file itself as the body") from None
     else:
         async for chunk in request.content.iter_chunked(CHUNK):
             write(chunk)
@@ -119,6 +125,9 @@ def analyze_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager) 
                     return _error(413, f"upload too large (limit {limit} bytes, server.max_upload_bytes)")
                 except UserError as exc:
                     return _error(400, str(exc))
+                except ConnectionError as exc:  # the client reset or closed the connection mid-upload
+                    log.info("upload %s: client went away during the upload (%s)", job.id, one_line(exc, 80))
+                    return _error(400, "upload interrupted: the connection closed before the body was complete")
             if size == 0:
                 return _error(400, "empty body: POST the media file (raw body or a multipart 'file' part)")
             source = AvSource(path)

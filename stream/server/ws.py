@@ -13,7 +13,11 @@
 Protocol errors: {"type": "error", "code": ..., "message": ...}, then a close with the code in
 `CLOSE_CODES`. `GET /ws/events?stream=ID` follows a running stream's events read-only.
 
-Media go into a live `StreamSession` as WebRTC media do (stream.server.connection): video frames
+A client that sends no start message within `server.start_timeout_s` (30 s) is closed. JPEG frames
+are decoded by one shared `JpegDecoder` (stream.server.jpeg): anything but a JPEG is refused, and
+so is a frame too large to decode cheaply (its size read from the JPEG header first); frames above
+`server.max_video_width` x `max_video_height` are scaled down like WebRTC video, and at most two
+decode at once. Media go into a live `StreamSession` as WebRTC media do (stream.server.connection): video frames
 above `server.max_frame_rate` are dropped and counted; the session's queues are the live ones
 (bounded, drop-oldest). Audio is timed by its sample count; audio sent more than
 `server.audio_lead_s` ahead of real time is refused (dropped, counted, one warning): this is a live
@@ -32,7 +36,6 @@ import uuid
 from typing import Any, Literal, Optional
 
 import av
-import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -45,6 +48,7 @@ from ..session import StreamSession
 from ..sources import SAMPLE_RATE, AudioChunk, AudioResampler, VideoFrame
 from .auth import authorized
 from .followers import Followers
+from .jpeg import FrameRefused, JpegDecoder
 from .manager import ConnectionManager
 
 log = logging.getLogger(__name__)
@@ -129,24 +133,20 @@ class RateLimit:
         return False
 
 
-def _decode_jpeg(data: bytes) -> Optional[np.ndarray]:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 class WsStream:
     """One `/ws` client: its live session, event sender, followers and slot."""
 
     live = True  # a WebSocket slot holds an open socket: never a pending slot
 
     def __init__(self, ws: web.WebSocketResponse, runtime: Runtime, cfg: AppConfig, manager: ConnectionManager,
-                 address: str = "") -> None:
+                 decoder: JpegDecoder, address: str = "") -> None:
         self.id = uuid.uuid4().hex[:8]
         self.address = address
         self.ws = ws
         self.rt = runtime
         self.server = cfg.server
         self.manager = manager
+        self.decoder = decoder
         self.followers = Followers()
         self.out: asyncio.Queue[Optional[str]] = asyncio.Queue(maxsize=OUT_QUEUE)
         self.session: Optional[StreamSession] = None
@@ -240,9 +240,10 @@ class WsStream:
             self.frames_rate_limited += 1
             FRAMES_DROPPED.labels("rate_limit").inc()
             return
-        rgb = await asyncio.get_running_loop().run_in_executor(self.manager.pool, _decode_jpeg, payload)
-        if rgb is None:
-            raise ProtocolError("bad_message", "video payload is not a JPEG image")
+        try:
+            rgb = await self.decoder.decode(payload)
+        except FrameRefused as exc:
+            raise ProtocolError(exc.code, str(exc)) from None
         FRAMES_IN.inc()
         await session.push_video(VideoFrame(t, rgb, wall))
 
@@ -310,6 +311,9 @@ class WsStream:
 
 def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
     server = cfg.server
+    # One decoder for every /ws stream: frames are scaled like WebRTC video, and at most
+    # DECODE_CONCURRENCY of them decode at once on the media pool.
+    decoder = JpegDecoder((server.max_video_width, server.max_video_height), manager.pool)
 
     async def handler(request: web.Request) -> web.WebSocketResponse:
         # aiohttp refuses messages over twice the limit itself (close 1009); up to that we answer with our error.
@@ -325,14 +329,15 @@ def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
             OFFERS_REJECTED.labels(reason).inc()
             await send_error(ws, "server_full", message)
             return ws
-        stream = WsStream(ws, runtime, cfg, manager, address)
+        stream = WsStream(ws, runtime, cfg, manager, decoder, address)
         manager.take(stream)  # takes the slot before any await
         clean_end = False
         try:
             try:
-                first = await ws.receive(timeout=server.connect_timeout_s)
+                first = await ws.receive(timeout=server.start_timeout_s)
             except asyncio.TimeoutError:
-                raise ProtocolError("bad_message", f"no start message within {server.connect_timeout_s:g} s") from None
+                raise ProtocolError("bad_message", f"no start message within {server.start_timeout_s:g} s "
+                                                   "(server.start_timeout_s)") from None
             if first.type != WSMsgType.TEXT:
                 if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     return ws
@@ -363,9 +368,11 @@ def ws_route(runtime: Runtime, cfg: AppConfig, manager: ConnectionManager):
             await stream.finish(send_summary=False)
             await send_error(ws, "internal", "internal server error")
         finally:
-            if stream.runner is not None and not stream.runner.done():
-                stream.runner.cancel()
-                await asyncio.gather(stream.runner, return_exceptions=True)
+            # A handler cancelled mid-finish (the client's connection dropped) leaves both tasks behind.
+            for task in (stream.runner, stream.sender):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             stream.followers.close()
             manager.forget(stream)
         return ws
@@ -400,6 +407,7 @@ def follow_route(cfg: AppConfig, manager: ConnectionManager):
                 pass
 
         reader = asyncio.create_task(drain_client())
+        getter: Optional[asyncio.Future] = None
         try:
             while not reader.done():
                 getter = asyncio.ensure_future(q.get())
@@ -416,8 +424,10 @@ def follow_route(cfg: AppConfig, manager: ConnectionManager):
             pass
         finally:
             followers.unsubscribe(q)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            pending = [t for t in (getter, reader) if t is not None]  # a handler cancelled mid-wait (the client went)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         return ws
 
     return handler
