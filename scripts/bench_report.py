@@ -122,7 +122,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[20, 200], metavar="MB", help="events file sizes (MB)")
     ap.add_argument("--label", default="after", help="key of these runs in --out (e.g. before / after)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "bench-report.json"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench-report.json"))
     args = ap.parse_args()
     out_path = Path(args.out)
     doc = json.loads(out_path.read_text()) if out_path.exists() else {}

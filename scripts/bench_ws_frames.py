@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--root", default=str(ROOT))
     ap.add_argument("--label", default="after")
     ap.add_argument("--port", type=int, default=8791)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "bench-ws-frames.json"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench-ws-frames.json"))
     args = ap.parse_args()
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {"about": __doc__.split("\n\n")[0]}

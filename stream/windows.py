@@ -75,16 +75,12 @@ class TranscriptWindow:
         start = end - self.seconds
         return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
-    def utterance(self, end: float, gap: float, sentence_gap: Optional[float] = None) -> tuple[str, int]:
+    def utterance(self, end: float, gap: float) -> tuple[str, int]:
         """The latest utterance in the window at `end` (partial words included), joined, and its word
-        count: the words after the last pause of at least `gap` s, or of at least `sentence_gap` s after
-        a word that ends a sentence (. ! ?), whichever is later (None: pauses alone)."""
+        count: the words after the last pause of at least `gap` seconds between two words."""
         words = self.words(end)
         start = len(words) - 1
-        while start > 0:
-            pause = words[start].start - words[start - 1].end
-            if pause >= gap or (sentence_gap is not None and pause >= sentence_gap and words[start - 1].text.rstrip().endswith((".", "!", "?"))):
-                break
+        while start > 0 and words[start].start - words[start - 1].end < gap:
             start -= 1
         last = words[max(start, 0):]
         return join_words(last), len(last)
