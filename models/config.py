@@ -51,6 +51,7 @@ class FusionConfig(Section):
     time_embedding: bool = True
     uncertainty: bool = True  # False: plain mean of heads (the "no uncertainty" ablation)
     modalities: Literal["both", "image", "text"] = "both"
+    use_experts: bool = True  # False: the experts' heads are left out (the "no experts" ablation)
     checkpoint: Optional[str] = None
 
 

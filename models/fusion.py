@@ -161,7 +161,7 @@ class ClipCaMsa(nn.Module):
         has_image, has_text = v_mask.any(1), w_mask.any(1)
         available = torch.stack([has_image, has_text, has_image & has_text], dim=1) & self.clip_heads
         head_probs = logits.softmax(-1)
-        if x.experts is not None and x.experts_mask is not None:
+        if self.cfg.use_experts and x.experts is not None and x.experts_mask is not None:
             e = x.experts.to(logits.dtype).clamp_min(1e-6)
             e = e / e.sum(-1, keepdim=True)
             e_mask = x.experts_mask.clone()

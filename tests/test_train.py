@@ -172,7 +172,7 @@ def test_acceptance_full_model_beats_single_modalities(trained, synthetic, tmp_p
     table = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert set(report) == {"fused", "image", "text", "ablations"}
-    assert set(report["ablations"]) == {"no_cross_attention", "no_uncertainty", "image_only", "text_only"}
+    assert set(report["ablations"]) == {"no_cross_attention", "no_uncertainty", "image_only", "text_only", "no_experts"}
     for m in [report["fused"], report["image"], report["text"], *report["ablations"].values()]:
         assert set(m) == {"accuracy", "weighted_f1", "macro_f1"} and all(0.0 <= v <= 1.0 for v in m.values())
     full = report["fused"]["accuracy"]

@@ -16,6 +16,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no_uncertainty": {"uncertainty": False},
     "image_only": {"modalities": "image"},
     "text_only": {"modalities": "text"},
+    "no_experts": {"use_experts": False},
 }
 
 

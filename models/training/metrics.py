@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..experts import EXPERTS
 from ..fusion import FUSED, IMAGE, TEXT, ClipCaMsa
 from ..prompts import LABELS
 from .feature_cache import FeatureSet
@@ -43,7 +44,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 # ------------------------------------------------------------------------------------------ scoring
 @torch.no_grad()
 def run_heads(fusion: ClipCaMsa, features: FeatureSet, idx: torch.Tensor, device: torch.device, batch: int = 256) -> dict[str, np.ndarray]:
-    """Class probabilities of the final (fused) estimate and of each head, (n, 3) each."""
+    """Class probabilities of the final (fused) estimate and of each head, (n, 3) each; for the experts'
+    heads (when the features have them) also `<expert>_available`, (n,) bool."""
     was_training = fusion.training
     fusion.eval()
     parts: dict[str, list[np.ndarray]] = {"fused": [], "image": [], "text": [], "fused_head": []}
@@ -52,13 +54,22 @@ def run_heads(fusion: ClipCaMsa, features: FeatureSet, idx: torch.Tensor, device
         parts["fused"].append(out.probs.float().cpu().numpy())
         for name, head in (("image", IMAGE), ("text", TEXT), ("fused_head", FUSED)):
             parts[name].append(out.head_probs[:, head].float().cpu().numpy())
+        for j, name in enumerate(EXPERTS[: out.head_probs.shape[1] - 3]):
+            parts.setdefault(name, []).append(out.head_probs[:, 3 + j].float().cpu().numpy())
+            parts.setdefault(f"{name}_available", []).append(out.available[:, 3 + j].cpu().numpy())
     fusion.train(was_training)
     return {k: np.concatenate(v) if v else np.zeros((0, len(LABELS)), np.float32) for k, v in parts.items()}
 
 
 def score_model(fusion: ClipCaMsa, features: FeatureSet, split: str, device: torch.device) -> dict[str, dict[str, float]]:
-    """{"fused": M, "image": M, "text": M}: the estimate and the model's own single-modality heads."""
+    """{"fused": M, "image": M, "text": M, ...}: the estimate, the model's own single-modality heads and
+    each expert's head on the samples it had evidence for (absent where it had none)."""
     idx = features.indices(split)
     heads = run_heads(fusion, features, idx, device)
     y = features.labels[idx].numpy()
-    return {name: classification_metrics(y, heads[name].argmax(-1)) for name in ("fused", "image", "text")}
+    scores = {name: classification_metrics(y, heads[name].argmax(-1)) for name in ("fused", "image", "text")}
+    for name in EXPERTS:
+        seen = heads.get(f"{name}_available")
+        if seen is not None and seen.any():
+            scores[name] = classification_metrics(y[seen], heads[name][seen].argmax(-1))
+    return scores

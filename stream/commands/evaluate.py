@@ -12,6 +12,7 @@ from typing import Any
 from models.backbone import resolve_device
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_meta
 from models.errors import UserError
+from models.experts import EXPERTS
 from models.factory import build_fusion
 from models.training.ablations import run_ablations
 from models.training.data import load_dataset
@@ -33,6 +34,7 @@ def _ablation_root(ckpt: Path) -> Path:
 
 def format_table(report: dict[str, Any], n_test: int) -> str:
     rows = [("full model (fused)", report["fused"]), ("  its image head", report["image"]), ("  its text head", report["text"])]
+    rows += [(f"  its {name} expert", report[name]) for name in EXPERTS if name in report]
     rows += [(name, m) for name, m in report.get("ablations", {}).items()]
     lines = [f"test split, {n_test} samples", f"{'model':<22}{'accuracy':>10}{'weighted_f1':>13}{'macro_f1':>10}"]
     for name, m in rows:
