@@ -249,3 +249,182 @@ def test_pipecat_runs_without_the_network(tmp_path):
     """))
     out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "offline ok" in out.stdout, out.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------------ end to end over WebRTC
+class _GalleryTrack:
+    """A camera sending the gallery view at 10 fps (aiortc VideoStreamTrack, paced here)."""
+
+    def __new__(cls):
+        from aiortc import VideoStreamTrack
+
+        class Track(VideoStreamTrack):
+            async def recv(self):
+                import av
+
+                if not hasattr(self, "_k"):
+                    self._k = 0
+                await asyncio.sleep(0.1)
+                frame = av.VideoFrame.from_ndarray(GALLERY, format="rgb24")
+                frame.pts, frame.time_base = self._k * 9000, __import__("fractions").Fraction(1, 90000)
+                self._k += 1
+                return frame
+
+        return Track()
+
+
+@pytest.mark.slow
+@on_module_loop
+async def test_webrtc_client_through_small_webrtc_transport_gets_sentiment_messages(runtime):
+    """The example's app (examples/pipecat_webrtc.py) on loopback: an aiortc client sends a camera
+    (the gallery view) and a microphone through Pipecat's SmallWebRTCTransport, the pipeline's
+    RTVI sends each estimate back on the data channel, and the overlay's feed follows the call."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import AudioStreamTrack
+
+    from examples.pipecat_webrtc import CALLS, create_app
+
+    app = create_app(runtime, runtime.cfg, "e2e")
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("/"))
+    pc = RTCPeerConnection()
+    messages: list[dict] = []
+    got = asyncio.Event()
+    try:
+        pc.addTransceiver(AudioStreamTrack(), direction="sendrecv")  # Pipecat's order: audio, then video
+        pc.addTransceiver(_GalleryTrack(), direction="sendrecv")
+        channel = pc.createDataChannel("chat", ordered=True)
+
+        @channel.on("message")
+        def on_message(text):
+            msg = json.loads(text)
+            if msg.get("label") == "rtvi-ai" and msg.get("type") == "server-message":
+                messages.append(msg["data"])
+                if sum(m["type"] == "sentiment" and m["modalities"]["image"]["n"] > 0 for m in messages) >= 4:
+                    got.set()  # estimates that rest on camera frames
+
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+                assert r.status == 200, await r.text()
+                answer = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+            assert answer["pc_id"]
+            async with http.post(base + "api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+                assert r.status == 409  # one call per stream name
+
+            # The overlay's feed follows the call (the events as sentistream serve sends them).
+            async with http.ws_connect(base + "ws/events?stream=e2e") as follower:
+                followed = None
+                async with asyncio.timeout(90):
+                    while followed is None:
+                        msg = await follower.receive()
+                        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                        event = json.loads(msg.data)
+                        followed = event if event["type"] == "sentiment" else None
+            assert followed["stream"] == "e2e" and followed["label"] in LABELS
+            async with http.get(base + "overlay?stream=e2e&theme=light") as r:
+                assert r.status == 200
+
+            try:
+                await asyncio.wait_for(got.wait(), 90)
+            except TimeoutError:
+                session = app[CALLS].connections["e2e"].sentiment.session
+                pytest.fail(f"no estimates on camera frames: {session.video.frames_in} frames in, {len(messages)} messages")
+            estimates = [m for m in messages if m["type"] == "sentiment"]
+            assert all(m["stream"] == "e2e" and m["label"] in LABELS for m in estimates)
+            assert max(m["modalities"]["image"]["n"] for m in estimates) >= 2  # camera frames reached CLIP
+            assert max(len(m.get("faces") or []) for m in estimates) >= 1  # faces found in the decoded video
+            assert any(m["type"] == "warning" for m in messages)  # random weights, said to the browser
+
+            await pc.close()  # the call ends: its pipeline stops and the stream is gone
+            calls = app[CALLS]
+            async with asyncio.timeout(30):
+                while calls.connections:
+                    await asyncio.sleep(0.2)
+            async with http.ws_connect(base + "ws/events?stream=e2e") as follower:
+                error = json.loads((await follower.receive()).data)
+            assert error["code"] == "unknown_stream"
+    finally:
+        await pc.close()
+        await server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_example_script_runs_and_its_page_shows_estimates_in_chromium(tmp_path):
+    """`python examples/pipecat_webrtc.py` as a user runs it; Debian's headless Chromium with a fake
+    camera (the gallery view) presses Start on its page and must show a label and both faces; the
+    OBS overlay of the call goes live next to it; Ctrl-C ends the example cleanly."""
+    import os
+    import re
+    import signal
+    import time
+
+    from PIL import Image
+
+    from scripts.media import require_tools
+    from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium
+
+    _need_chromium()
+    require_tools("ffmpeg")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    Image.fromarray(GALLERY).save(tmp_path / "gallery.png")
+    camera = tmp_path / "camera.y4m"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-loop", "1", "-i", str(tmp_path / "gallery.png"),
+                    "-t", "2", "-r", "10", "-pix_fmt", "yuv420p", str(camera)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "examples/pipecat_webrtc.py", "--config", str(ROOT / "configs" / "tiny-test.yaml"),
+                             "--port", "0", "--stream", "desk", "--token", "tk"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    driver = None
+    try:
+        base, seen = None, []
+        deadline = time.monotonic() + 120
+        while base is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            m = re.search(r"call page: (http://\S+/)", line)
+            base = m.group(1) if m else None
+        assert base, "the example did not start:\n" + "".join(seen[-20:])
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+                    "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
+                    "--disable-background-networking", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1100,700"):
+            opts.add_argument(arg)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        driver.get(base)
+        driver.find_element("id", "start").click()
+
+        def shows_estimate(d) -> bool:
+            status = d.find_element("id", "status").text
+            assert not status.startswith("error"), status
+            return d.find_element("id", "label").text.lower() in LABELS and len(d.find_elements("css selector", "#faces li")) == 2
+
+        WebDriverWait(driver, 90, poll_frequency=0.5).until(shows_estimate)
+        assert "random" in driver.find_element("id", "note").text  # the warning reached the page too
+        assert driver.find_element("id", "overlay").get_attribute("href").endswith("overlay?stream=desk&theme=dark")
+        driver.switch_to.new_window("tab")  # the call page stays open: its call goes on
+        driver.get(base + "overlay?stream=desk&token=tk")
+        WebDriverWait(driver, 30, poll_frequency=0.5).until(
+            lambda d: d.execute_script("return document.getElementById('panel').dataset.state") == "live")
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(30) == 0, "the example did not exit cleanly on Ctrl-C"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stderr.close()

@@ -14,6 +14,10 @@ goes downstream as a `SentimentFrame` (a SystemFrame) and, unless `rtvi=False`, 
 `RTVIServerMessageFrame` whose data is the `sentiment` event of the JSONL schema, which the
 pipeline's RTVI observer sends to the browser client as a `server-message`.
 
+A transport passes camera frames on only for the sources its params list, e.g.
+`TransportParams(video_in_enabled=True, video_in_sources={"camera": VideoInSourceParams(framerate=10)})`
+(examples/pipecat_webrtc.py); frames beyond `sampler.fps` are passed on without being read.
+
 The media go into one live `StreamSession` per pipeline run (StartFrame .. EndFrame/CancelFrame)
 on the `Runtime` given (models loaded once, shared by every pipeline of the process), as WebRTC
 and WebSocket media do in `sentistream serve`. `process_frame` never waits for compute: the
@@ -30,7 +34,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import av
 import numpy as np
@@ -150,15 +154,18 @@ class SentimentProcessor(FrameProcessor):
     `runtime`: the loaded models (`build_runtime_for_pipecat`), shared by every processor of the
     process and closed by its owner. `stream`: the name in the events. `rtvi`: also push each
     estimate as an `RTVIServerMessageFrame` for the browser client. `drain_s`: at EndFrame, how
-    long to let the last queued media finish."""
+    long to let the last queued media finish. `on_event`: called on the event loop with every event
+    of the run as it is produced (sentiment, warning, error, the summary at the end), e.g. to
+    publish them elsewhere; it must not block."""
 
     def __init__(self, runtime: Runtime, *, stream: str = "pipecat", rtvi: bool = True, drain_s: float = DRAIN_S,
-                 **kwargs: Any) -> None:
+                 on_event: Optional[Callable[[dict[str, Any]], None]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
         self.stream = stream
         self.rtvi = rtvi
         self.drain_s = drain_s
+        self.on_event = on_event
         self.session: Optional[StreamSession] = None
         self.summary: Optional[dict[str, Any]] = None  # the session's summary event, once it ended
         self.upstream_text = False  # a TranscriptionFrame came: its text, not Whisper's
@@ -242,7 +249,15 @@ class SentimentProcessor(FrameProcessor):
         session.add_text(frame.text or "", final=isinstance(frame, TranscriptionFrame))
 
     # ------------------------------------------------------------------ estimates out
+    def _tell(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("%s: on_event failed", self)
+
     def _emit(self, event: dict[str, Any]) -> None:
+        self._tell(event)
         if event.get("type") != "transcript":  # the pipeline has its own transcription frames; ours stay in the window
             self._offer(event)
 
@@ -268,6 +283,7 @@ class SentimentProcessor(FrameProcessor):
     async def _run(self, session: StreamSession) -> None:
         try:
             self.summary = await session.run()
+            self._tell(self.summary)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
