@@ -80,12 +80,17 @@ async def test_a_sentiment_frame_about_every_hop_and_every_frame_passed_on(runti
     for k in range(steps):
         sent += [image(user=k % 2 == 1), audio(48000, 2)]
     frames = [f for pair in zip(sent[::2], sent[1::2]) for f in (*pair, SleepFrame(sleep=STEP_S))]
+    screen = [image() for _ in range(5)]
+    for k, shared in enumerate(screen):  # a screen share next to the camera: passed on, not analysed
+        shared.transport_source = "screenVideo"
+        frames.insert(3 * k + 1, shared)
     processor = SentimentProcessor(runtime, stream="call-1")
     down, up = await asyncio.wait_for(run_test(processor, frames_to_send=frames), 120)
 
     # Every frame passed on, in order, unchanged (the same objects).
     media = [f for f in down if isinstance(f, (InputImageRawFrame, InputAudioRawFrame))]
-    assert len(media) == len(sent) and all(a is b for a, b in zip(media, sent))
+    ours = [f for f in frames if isinstance(f, (InputImageRawFrame, InputAudioRawFrame))]
+    assert len(media) == len(ours) == len(sent) + len(screen) and all(a is b for a, b in zip(media, ours))
     assert not up
 
     estimates = sentiments(down)
@@ -108,6 +113,7 @@ async def test_a_sentiment_frame_about_every_hop_and_every_frame_passed_on(runti
 
     summary = processor.summary
     assert summary is not None and summary["estimates"] == len(estimates) and processor.events_dropped == 0
+    assert summary["frames_in"] == steps  # the camera's frames; the screen share's were not read
     assert summary["audio_seconds"] == pytest.approx(steps * STEP_S, abs=0.15)  # the audio reached Whisper
     assert processor.frames_unreadable == 0
 

@@ -154,17 +154,21 @@ class SentimentProcessor(FrameProcessor):
     `runtime`: the loaded models (`build_runtime_for_pipecat`), shared by every processor of the
     process and closed by its owner. `stream`: the name in the events. `rtvi`: also push each
     estimate as an `RTVIServerMessageFrame` for the browser client. `drain_s`: at EndFrame, how
-    long to let the last queued media finish. `on_event`: called on the event loop with every event
+    long to let the last queued media finish. `video_source`: the transport source analysed
+    ("camera"; a screen share is passed on, not read); frames without a source are always read;
+    None: every source. `on_event`: called on the event loop with every event
     of the run as it is produced (sentiment, warning, error, the summary at the end), e.g. to
     publish them elsewhere; it must not block."""
 
     def __init__(self, runtime: Runtime, *, stream: str = "pipecat", rtvi: bool = True, drain_s: float = DRAIN_S,
-                 on_event: Optional[Callable[[dict[str, Any]], None]] = None, **kwargs: Any) -> None:
+                 video_source: Optional[str] = "camera", on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.runtime = runtime
         self.stream = stream
         self.rtvi = rtvi
         self.drain_s = drain_s
+        self.video_source = video_source
         self.on_event = on_event
         self.session: Optional[StreamSession] = None
         self.summary: Optional[dict[str, Any]] = None  # the session's summary event, once it ended
@@ -215,6 +219,9 @@ class SentimentProcessor(FrameProcessor):
     async def _video(self, frame: InputImageRawFrame) -> None:
         session = self.session
         if session is None or session.input_ended:
+            return
+        source = frame.transport_source
+        if self.video_source is not None and source is not None and source != self.video_source:
             return
         wall = time.perf_counter()
         t = self._clock.since_start(wall)
