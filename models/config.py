@@ -72,9 +72,10 @@ class ExpertsConfig(Section):
     # vision.pretrained=random, whose features carry no sentiment.
     clip_heads: Literal["auto", "on", "off"] = "auto"
     # The text experts read the latest utterance: the window's words after the last pause this long.
-    # scripts/sentiment_eval.py (2 s pauses): 0.5 s 0.580, 0.6 s 0.592, 0.8 s 0.603 macro-F1; the demo's
-    # ~0.8 s pauses (as Whisper times them) need < 0.8 s, or its sentences run together.
+    # The demo's ~0.8 s pauses (as Whisper times them) need less than 0.8 s, or its sentences run together.
     utterance_gap_seconds: float = Field(0.6, gt=0, le=60)
+    # ... reaching back at most this far, beyond the window if need be (a long sentence is read whole).
+    utterance_max_seconds: float = Field(20.0, gt=0, le=300)
 
 
 class WindowConfig(Section):

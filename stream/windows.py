@@ -56,6 +56,9 @@ class FrameWindow:
         )
 
 
+_WORD_END_SLACK = 0.1  # s: Whisper's word ends are that coarse
+
+
 class TranscriptWindow:
     """Committed words plus the current partial hypothesis; text of the last `seconds`."""
 
@@ -71,14 +74,20 @@ class TranscriptWindow:
     def set_partial(self, words: Iterable[Word]) -> None:
         self._partial = list(words)
 
-    def words(self, end: float, partial: bool = True) -> list[Word]:
-        start = end - self.seconds
+    def words(self, end: float, partial: bool = True, seconds: Optional[float] = None) -> list[Word]:
+        """Words in (end - seconds, end] (default: the window's length), partial ones included unless `partial=False`."""
+        start = end - (self.seconds if seconds is None else seconds)
         return [w for w in (*self._final, *(self._partial if partial else ())) if w.end > start and w.start <= end]
 
-    def utterance(self, end: float, gap: float) -> tuple[str, int]:
-        """The latest utterance in the window at `end` (partial words included), joined, and its word
-        count: the words after the last pause of at least `gap` seconds between two words."""
-        words = self.words(end)
+    def utterance(self, end: float, gap: float, max_seconds: Optional[float] = None) -> tuple[str, int]:
+        """The latest utterance at `end` (partial words included), joined, and its word count: the words
+        after the last pause of at least `gap` seconds between two words, reaching back at most
+        `max_seconds` (default: the window's length), which may be longer than the window: a sentence
+        is read whole even when it began before the window."""
+        # Only words already spoken by `end`: a file's transcript may run ahead of the estimate, and Whisper
+        # often starts the next sentence's first word early, in the pause, where it would replace the
+        # sentence just said.
+        words = [w for w in self.words(end, seconds=max_seconds) if w.end <= end + _WORD_END_SLACK]
         start = len(words) - 1
         while start > 0 and words[start].start - words[start - 1].end < gap:
             start -= 1

@@ -102,6 +102,10 @@ def test_utterance_is_the_words_after_the_last_pause():
     assert w.utterance(5.0, gap=2.0)[1] == 7  # no pause that long: the whole window
     assert w.utterance(2.0, gap=0.8) == ("I hate it.", 3)  # in the pause after a sentence: that sentence
     assert TranscriptWindow(8.0).utterance(1.0, 0.8) == ("", 0)
+    # A sentence longer than the window is read whole (up to max_seconds back), not cut at the window.
+    long = TranscriptWindow(2.0)
+    long.add_final([Word(0.5 * i, 0.5 * i + 0.4, f"w{i}") for i in range(10)])
+    assert long.utterance(5.0, gap=0.8)[1] == 4 and long.utterance(5.0, gap=0.8, max_seconds=20)[1] == 10
 
 
 def _inputs(dim: int, experts: torch.Tensor, mask: torch.Tensor) -> FusionInputs:

@@ -255,3 +255,23 @@ def test_evaluate_rejects_bad_checkpoint_and_missing_test_split(trained, tmp_pat
     (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
     code = cli.main(["evaluate", "--checkpoint", str(trained), "--data", str(tmp_path / "m.jsonl")])
     assert code == 2 and "split 'test' has no samples" in capsys.readouterr().err
+
+
+def test_training_with_an_expert_caches_its_readings_learns_its_precision_and_scores_it(synthetic, tmp_path):
+    """experts.text=lexicon: its readings go into the feature cache (every sample has words), training moves
+    its log-variance, and score_model reports its head; the experts that were off are absent."""
+    from models.experts import EXPERTS
+    from models.training.metrics import score_model
+
+    cfg = load_config(TINY_CONFIG, [*RECIPE, "experts.text=lexicon", "experts.sentence=none", "experts.face=none"])
+    feats = load_features(cfg, load_dataset(synthetic), progress=False)
+    j = EXPERTS.index("lexicon")
+    off = [EXPERTS.index("sentence"), EXPERTS.index("expression")]
+    assert feats.experts_mask[:, j].all() and not feats.experts_mask[:, off].any()
+    result = train_fusion(cfg, feats, tmp_path / "run", threads=1)
+    assert len(read_log(tmp_path / "run")[0]["log_vars"]) == 3 + len(EXPERTS)
+    assert abs(float(result.fusion.expert_log_vars[j].detach())) > 1e-3
+    scores = score_model(result.fusion, feats, "test", torch.device("cpu"))
+    assert "lexicon" in scores and "sentence" not in scores and "expression" not in scores
+    print("lexicon head on the synthetic test split:", scores["lexicon"], "s =", float(result.fusion.expert_log_vars[j].detach()))
+    assert scores["lexicon"]["accuracy"] > 0.5  # it reads the polar words; neutral (grey pictures) it cannot tell

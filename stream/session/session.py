@@ -219,7 +219,8 @@ class StreamSession:
     async def estimate(self, end: float) -> None:
         snap = self.frames.snapshot(end)
         text, n_words = self._ready_text(*self.text.at(end))
-        utterance, n_utterance = self.transcript.utterance(end, self.cfg.experts.utterance_gap_seconds)
+        utterance, n_utterance = self.transcript.utterance(end, self.cfg.experts.utterance_gap_seconds,
+                                                           self.cfg.experts.utterance_max_seconds)
         window = WindowInput(snap.features, snap.ages, text, n_words, utterance, n_utterance)
         tick = time.perf_counter()
         if self.faces is None:
