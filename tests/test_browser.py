@@ -73,10 +73,11 @@ def _start_serve(port: int = 0, *extra: str) -> tuple[subprocess.Popen, str]:
     return proc, base
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def serving(*extra: str) -> Iterator[str]:
+    """A `sentistream serve` subprocess for a fixture: yields its base URL; stopped with SIGINT, which must
+    end it cleanly."""
     _need_chromium()  # before spending seconds on model loading
-    proc, base = _start_serve()
+    proc, base = _start_serve(0, *extra)
     yield base
     proc.send_signal(signal.SIGINT)
     try:
@@ -85,6 +86,11 @@ def server() -> Iterator[str]:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    yield from serving()
 
 
 def _health(base: str) -> dict:

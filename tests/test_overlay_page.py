@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import signal
 import threading
 from pathlib import Path
 from typing import Iterator, Optional
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 from scripts.media import gallery_frame
-from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium, _start_serve
+from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium, _start_serve, serving
 
 TOKEN = "overlay-s3cret"
 LABELS = ("positive", "neutral", "negative")
@@ -145,16 +144,7 @@ class Feeder:
 
 @pytest.fixture(scope="module")
 def overlay_server() -> Iterator[str]:
-    _need_chromium()
-    proc, base = _start_serve(0, "--token", TOKEN)
-    yield base
-    proc.send_signal(signal.SIGINT)
-    try:
-        assert proc.wait(30) == 0, "serve did not exit cleanly on SIGINT"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    yield from serving("--token", TOKEN)
 
 
 @pytest.fixture

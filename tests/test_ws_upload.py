@@ -414,12 +414,7 @@ async def test_analyze_client_reset_mid_upload_is_one_log_line(runtime, caplog, 
     try:
         await asyncio.to_thread(client)
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(20):
-                while True:
-                    async with http.get(base + "healthz") as r:
-                        if (await r.json())["connections"] == 0:
-                            break
-                    await asyncio.sleep(0.05)
+            await _until_no_connections(http, base)
         await asyncio.sleep(0.2)
     finally:
         await runner.cleanup()
@@ -427,6 +422,16 @@ async def test_analyze_client_reset_mid_upload_is_one_log_line(runtime, caplog, 
     assert len(went_away) == 1 and went_away[0].levelno == logging.INFO and went_away[0].exc_info is None, caplog.text
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING or rec.exc_info], caplog.text
     assert uploads_on_disk() == before
+
+
+async def _until_no_connections(http: aiohttp.ClientSession, base: str, timeout: float = 20) -> None:
+    """Polls /healthz until the server holds no connection (every slot freed)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            async with http.get(base + "healthz") as r:
+                if (await r.json())["connections"] == 0:
+                    return
+            await asyncio.sleep(0.05)
 
 
 async def test_ws_clients_gone_mid_wait_leave_no_task(serve, caplog):
@@ -447,12 +452,7 @@ async def test_ws_clients_gone_mid_wait_leave_no_task(serve, caplog):
                 async with http.ws_connect(url + f"ws/events?stream=gone-{i}") as follower:
                     await asyncio.sleep(0.2)
                     assert not follower.closed
-        async with asyncio.timeout(20):
-            while True:
-                async with http.get(base + "healthz") as r:
-                    if (await r.json())["connections"] == 0:
-                        break
-                await asyncio.sleep(0.05)
+        await _until_no_connections(http, base)
     await asyncio.sleep(0.2)
     gc.collect()
     await asyncio.sleep(0.1)
