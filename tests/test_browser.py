@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
@@ -51,22 +51,44 @@ def fake_media(tmp_path_factory) -> tuple[Path, Path]:
     return y4m, wav
 
 
+def url_from_stderr(proc: subprocess.Popen, pattern: str, timeout: float = 120) -> tuple[Optional[str], list[str]]:
+    """Reads a subprocess's stderr until a line matches `pattern` (its group 1 is the URL); (URL or None,
+    the lines read) when it matched, the stream ended or `timeout` passed."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m.group(1), seen
+    return None, seen
+
+
+def headless_chromium(profile: Path, *args: str):
+    """A selenium driver on Debian's Chromium, headless, with the flags this closed network needs (no
+    background networking or component updates), a fresh profile dir and `args`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}", *args):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
 def _start_serve(port: int = 0, *extra: str) -> tuple[subprocess.Popen, str]:
     """`sentistream serve` (plus `extra` arguments) as a subprocess; (process, base URL) once it says where it serves."""
     # A long media timeout: a slot freed within seconds of leaving the page was freed by its goodbye.
     cmd = [sys.executable, "-m", "stream.cli", "serve", "--config", str(TINY_CONFIG), "--port", str(port),
            "--set", "server.media_timeout_s=120", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    base, seen = None, []
-    deadline = time.monotonic() + 120
-    assert proc.stderr is not None
-    while base is None and time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        m = re.search(r"serving on (http://\S+/)", line)
-        base = m.group(1) if m else None
+    base, seen = url_from_stderr(proc, r"serving on (http://\S+/)")
     if base is None:
         proc.kill()
         pytest.fail("`sentistream serve` did not start:\n" + "".join(seen[-20:]))
@@ -114,19 +136,10 @@ def _until_no_connections(base: str, timeout: float = 20) -> None:
 @pytest.fixture
 def driver(fake_media, tmp_path):
     _need_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     y4m, wav = fake_media
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={y4m}",
-                f"--use-file-for-fake-audio-capture={wav}", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv = headless_chromium(tmp_path / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-video-capture={y4m}", f"--use-file-for-fake-audio-capture={wav}",
+                            "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900")
     try:
         yield drv
     finally:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from scripts.media import gallery_frame
-from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium, _start_serve, serving
+from tests.test_browser import _need_chromium, _start_serve, headless_chromium, serving
 
 TOKEN = "overlay-s3cret"
 LABELS = ("positive", "neutral", "negative")
@@ -150,16 +150,7 @@ def overlay_server() -> Iterator[str]:
 @pytest.fixture
 def browser(tmp_path):
     _need_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--hide-scrollbars",
-                "--disable-component-update", "--no-first-run", "--force-device-scale-factor=1",
-                f"--user-data-dir={tmp_path / 'profile'}", "--window-size=560,360"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv = headless_chromium(tmp_path / "profile", "--hide-scrollbars", "--force-device-scale-factor=1", "--window-size=560,360")
     try:
         yield drv
     finally:

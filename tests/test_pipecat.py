@@ -366,19 +366,15 @@ def test_example_script_runs_and_its_page_shows_estimates_in_chromium(tmp_path):
     camera (the gallery view) presses Start on its page and must show a label and both faces; the
     OBS overlay of the call goes live next to it; Ctrl-C ends the example cleanly."""
     import os
-    import re
     import signal
-    import time
 
     from PIL import Image
 
     from scripts.media import require_tools
-    from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium
+    from tests.test_browser import _need_chromium, headless_chromium, url_from_stderr
 
     _need_chromium()
     require_tools("ffmpeg")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
     Image.fromarray(GALLERY).save(tmp_path / "gallery.png")
@@ -391,24 +387,10 @@ def test_example_script_runs_and_its_page_shows_estimates_in_chromium(tmp_path):
                             cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     driver = None
     try:
-        base, seen = None, []
-        deadline = time.monotonic() + 120
-        while base is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.search(r"call page: (http://\S+/)", line)
-            base = m.group(1) if m else None
+        base, seen = url_from_stderr(proc, r"call page: (http://\S+/)")
         assert base, "the example did not start:\n" + "".join(seen[-20:])
-        opts = webdriver.ChromeOptions()
-        opts.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
-                    "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={camera}",
-                    "--disable-background-networking", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                    "--window-size=1100,700"):
-            opts.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        driver = headless_chromium(tmp_path / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                   f"--use-file-for-fake-video-capture={camera}", "--window-size=1100,700")
         driver.get(base)
         driver.find_element("id", "start").click()
 

@@ -13,7 +13,7 @@ import pytest
 
 from stream.report import load_events, render_html
 from tests.conftest import ROOT, TINY_CONFIG
-from tests.test_browser import CHROMEDRIVER, CHROMIUM, _need_chromium
+from tests.test_browser import _need_chromium, headless_chromium
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -64,16 +64,9 @@ def test_report_command_writes_html_and_png(demo_run, tmp_path):
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(demo_run, tmp_path):
     _need_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv = headless_chromium(tmp_path / "profile", "--window-size=1280,900")
     try:
         drv.get(demo_run["page"].resolve().as_uri())
         sizes = drv.execute_script("return Array.from(document.images).map(i => [i.id, i.complete, i.naturalWidth, i.naturalHeight])")
