@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from .experts import EXPERTS
 from .factory import SentimentModel
 from .fusion import IMAGE, TEXT, FusionInputs
 from .prompts import LABELS
+from .uncertainty import HEADS
 
 CLIP_HEADS_OFF = "random CLIP weights carry no sentiment (experts.clip_heads=auto)"
 
@@ -23,7 +24,6 @@ class ExpertReading:
     probs: np.ndarray  # (3,)
     n: int  # words read (lexicon), face frames seen (expression); 0 = no evidence
     model: str  # which model read it (events say so)
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the expression's 7 emotions
 
 
 @dataclass
@@ -111,7 +111,7 @@ def predict(model: SentimentModel, items: Sequence[WindowInput], text: TextState
             reading = it.experts.get(name)
             if reading is not None:
                 modalities[name] = {"weight": round(float(mod_w[i, 2 + j]), 6), "probs": _probs_dict(torch.as_tensor(reading.probs)),
-                                    "n": reading.n, "model": reading.model, **reading.extra}
+                                    "n": reading.n, "model": reading.model}
         # No head had evidence (nothing seen or heard yet): uniform probabilities, and the label says neutral.
         label = LABELS[int(p.argmax())] if float(weights[i].sum()) > 0 else "neutral"
         results.append(
@@ -120,7 +120,7 @@ def predict(model: SentimentModel, items: Sequence[WindowInput], text: TextState
                 probs=_probs_dict(p),
                 score=round(float(p[2] - p[0]), 6),
                 modalities=modalities,
-                head_weights={h: round(float(w), 6) for h, w in zip(("image", "text", "fused", *EXPERTS), weights[i])},
+                head_weights={h: round(float(w), 6) for h, w in zip((*HEADS, *EXPERTS), weights[i])},
             )
         )
     return results

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -356,7 +357,14 @@ class ExpressionModel:
             raise ValueError(f"{self.name} outputs the {len(LABELS)} sentiment labels, not the {len(EMOTIONS)} emotions: use sentiment()")
         return self._probs(crops)
 
+    def read(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """One pass over the crops: ((n, 3) sentiment probabilities in LABELS order, (n, 7) emotions for an
+        emotion model, else None)."""
+        probs = self._probs(crops)
+        if self.classes == "emotions":
+            return emotion_sentiment(probs), probs
+        return probs, None
+
     def sentiment(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(n, 3) float32 sentiment probabilities in LABELS order (emotions folded by emotion_sentiment)."""
-        probs = self._probs(crops)
-        return emotion_sentiment(probs) if self.classes == "emotions" else probs
+        return self.read(crops)[0]

@@ -33,7 +33,6 @@ from ..backbone import Backbone, create_backbone, resolve_device, resolve_dtype,
 from ..config import ModelConfig
 from ..errors import UserError, one_line
 from ..experts import EXPERTS, EXPRESSION_MARGIN, create_face_expert, create_text_experts
-from ..experts.expression import emotion_sentiment
 from ..face_detector import HaarFaceDetector, crop_box
 from ..factory import ZeroShot, prompt_embeddings
 from ..fusion import FusionInputs
@@ -273,9 +272,7 @@ def _expert_readings(cfg: ModelConfig, dataset: Dataset, progress: bool) -> dict
                     x0, y0, x1, y1 = crop_box(tuple(boxes[0]), EXPRESSION_MARGIN, frame.shape[1], frame.shape[0])
                     crops.append(frame[y0:y1, x0:x1])
             if crops:
-                sentiment = (emotion_sentiment(face_expert.predict(crops)) if face_expert.classes == "emotions"
-                             else face_expert.sentiment(crops))
-                probs[i, j] = torch.from_numpy(np.asarray(sentiment, np.float32).mean(0))
+                probs[i, j] = torch.from_numpy(face_expert.sentiment(crops).mean(0))
                 mask[i, j] = True
     return {"experts": probs, "experts_mask": mask}
 

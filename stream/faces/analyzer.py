@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Optional
 import numpy as np
 
 from models.experts import EXPRESSION_MARGIN
-from models.experts.expression import EMOTIONS, emotion_sentiment
+from models.experts.expression import EMOTIONS
 from models.face_detector import HaarFaceDetector, crop_box
 from models.inference import Estimate, ExpertReading, WindowInput
 from models.prompts import LABELS
@@ -97,9 +97,7 @@ class FaceAnalyzer:
         if not crops:
             return []
         started = time.perf_counter()
-        model = self.expression
-        emotions = model.predict(crops) if model.classes == "emotions" else None
-        sentiment = emotion_sentiment(emotions) if emotions is not None else model.sentiment(crops)
+        sentiment, emotions = self.expression.read(crops)
         self.stats.add("face_expression", (time.perf_counter() - started) / len(crops))
         return [(tid, _Expression(f.t, sentiment[k], None if emotions is None else emotions[k])) for k, (tid, f) in enumerate(owners)]
 
